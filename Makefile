@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both set up .venv when missing).
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	snakemake --cores all
+
+test: setup
+	pytest
+
+lint: setup
+	ruff check phasepipe tests benchmarks
+	ruff format --check phasepipe tests benchmarks
+
+format: setup
+	ruff format phasepipe tests benchmarks
+	ruff check --fix phasepipe tests benchmarks
+
+clean:
+	rm -rf results .snakemake

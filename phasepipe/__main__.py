@@ -1,0 +1,3 @@
+from phasepipe.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""Campaign tables, statistics of the microscope's parameters, and figures.
+
+Outputs (into one folder, later published by :mod:`phasepipe.release`):
+parameters.csv (one row per series and image), series_summary.csv (one row per series),
+campaign_summary.json (defocus calibration per session and campaign, parameter distributions,
+counts, outliers) and figures/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from phasepipe import io, metrics
+
+log = logging.getLogger(__name__)
+
+OUTLIER_Z = 3.5  # robust z-score (median / MAD) beyond which a series is flagged
+
+
+def image_table(ds) -> pd.DataFrame:
+    """parameters.csv rows of one reconstructed series."""
+    return pd.DataFrame(
+        {
+            "series": ds.attrs["series"],
+            "image": ds["image"].values,
+            "defocus_nominal_nm": ds["defocus_nominal_nm"].values,
+            "defocus_nm": ds["defocus_nm"].values,
+            "defocus_std_nm": ds["defocus_std_nm"].values,
+            "shift_y_px": ds["shift_y_px"].values,
+            "shift_x_px": ds["shift_x_px"].values,
+            "registration_confidence": ds["registration_confidence"].values,
+            "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
+            "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
+        }
+    )
+
+
+def calibration_fit(nominal_nm: np.ndarray, recovered_nm: np.ndarray) -> dict:
+    """Fit recovered = scale * nominal + offset, with 95 % confidence intervals."""
+    nominal_nm = np.asarray(nominal_nm, float)
+    recovered_nm = np.asarray(recovered_nm, float)
+    n = nominal_nm.size
+    if n < 2 or np.ptp(nominal_nm) == 0:
+        return {"n_images": int(n), "scale": None, "offset_nm": None, "scale_ci": None, "offset_nm_ci": None}
+    fit = stats.linregress(nominal_nm, recovered_nm)
+    t = stats.t.ppf(0.975, n - 2) if n > 2 else np.nan
+    return {
+        "n_images": int(n),
+        "scale": float(fit.slope),
+        "offset_nm": float(fit.intercept),
+        "scale_ci": [float(fit.slope - t * fit.stderr), float(fit.slope + t * fit.stderr)] if n > 2 else None,
+        "offset_nm_ci": [
+            float(fit.intercept - t * fit.intercept_stderr),
+            float(fit.intercept + t * fit.intercept_stderr),
+        ]
+        if n > 2
+        else None,
+    }
+
+
+def robust_outliers(values: pd.Series, threshold: float = OUTLIER_Z) -> pd.Series:
+    """True where the robust z-score |x - median| / (1.4826 MAD) exceeds ``threshold``."""
+    med = values.median()
+    mad = 1.4826 * (values - med).abs().median()
+    if not np.isfinite(mad) or mad == 0:
+        return pd.Series(False, index=values.index)
+    return (values - med).abs() / mad > threshold
+
+
+def truth_figures(ds, truth_path: str) -> dict:
+    """Accuracy against a simulator's ground truth, for demo and benchmark campaigns."""
+    truth = io.open_store(truth_path).load()
+    true_phase = truth["phase"].values
+    errors = metrics.defocus_errors(ds["defocus_nm"].values, truth["defocus_nm"].values)
+    focus = np.abs(truth["defocus_nm"].values) < 1.0
+    return {
+        "acc_truth": metrics.phase_accuracy(ds["phase"].values, true_phase),
+        "acc_tie_truth": metrics.phase_accuracy(ds["tie_phase"].values, true_phase),
+        "phase_rmse_truth_rad": metrics.phase_rmse(ds["phase"].values, true_phase),
+        "defocus_max_rel_error": float(errors[~focus].max()) if (~focus).any() else np.nan,
+        "defocus_nominal_max_rel_error": float(
+            metrics.defocus_errors(ds["defocus_nominal_nm"].values, truth["defocus_nm"].values)[~focus].max()
+        )
+        if (~focus).any()
+        else np.nan,
+    }
+
+
+def series_row(ds) -> dict:
+    """series_summary.csv row of one reconstructed (or failed) series."""
+    row = {
+        "series": ds.attrs["series"],
+        "status": ds.attrs.get("status", "ok"),
+        "error": ds.attrs.get("error", ""),
+        "session": ds.attrs.get("session", ""),
+        "acquired": ds.attrs.get("acquired", ""),
+    }
+    if io.is_failed(ds):
+        return row
+    nominal = ds["defocus_nominal_nm"].values
+    recovered = ds["defocus_nm"].values
+    defocused = np.abs(nominal) > 0
+    fit = calibration_fit(nominal[defocused], recovered[defocused]) if defocused.sum() >= 2 else {}
+    drift = np.hypot(ds["shift_y_px"].values, ds["shift_x_px"].values)
+    row.update(
+        {
+            "warning": ds.attrs.get("alignment_warning", ""),
+            "n_images": int(ds.sizes["image"]),
+            "final_loss": ds.attrs["final_loss"],
+            "noise": ds.attrs["noise"],
+            "iterations": ds.attrs["iterations"],
+            "seconds": ds.attrs["seconds"],
+            "acc_ad_vs_tie": metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values),
+            "defocus_scale": fit.get("scale", np.nan),
+            "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
+            "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
+            "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
+        }
+    )
+    if ds.attrs.get("truth"):
+        row.update(truth_figures(ds, ds.attrs["truth"]))
+    return row
+
+
+def campaign_summary(campaign: str, params: pd.DataFrame, summary: pd.DataFrame, threshold: float) -> dict:
+    """Statistics per session and for the whole campaign."""
+    ok = summary[summary["status"] == "ok"]
+    defocused = params[params["defocus_nominal_nm"] != 0].merge(summary[["series", "session"]], on="series")
+
+    def describe(values: pd.Series) -> dict:
+        values = values.dropna()
+        if values.empty:
+            return {}
+        return {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=0)),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+
+    def block(images: pd.DataFrame, series: pd.DataFrame) -> dict:
+        return {
+            "n_series": int(len(series)),
+            "defocus_calibration": calibration_fit(images["defocus_nominal_nm"], images["defocus_nm"]),
+            "beam_divergence_mrad": describe(series.get("beam_divergence_mrad", pd.Series(dtype=float))),
+            "defocus_spread_nm": describe(series.get("defocus_spread_nm", pd.Series(dtype=float))),
+            "drift_rms_px": describe(series.get("drift_rms_px", pd.Series(dtype=float))),
+        }
+
+    sessions = {
+        str(name): block(defocused[defocused["session"] == name], ok[ok["session"] == name])
+        for name in sorted(ok["session"].fillna("").unique())
+    }
+    outliers = ok.loc[robust_outliers(ok["defocus_scale"], threshold), "series"].tolist() if len(ok) else []
+    return {
+        "counts": {"series": int(len(summary)), "done": int(len(ok)), "failed": int((summary["status"] != "ok").sum())},
+        "failed": summary.loc[summary["status"] != "ok", ["series", "error"]].to_dict("records"),
+        "campaign": {"name": campaign, **block(defocused, ok)},
+        "sessions": sessions,
+        "outliers": {"criterion": f"robust z-score of defocus_scale > {threshold}", "series": outliers},
+    }
+
+
+def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) -> None:
+    """Write parameters.csv, series_summary.csv, campaign_summary.json and figures/ into ``out_dir``."""
+    from phasepipe import figures
+
+    threshold = float(settings.get("outlier_z", OUTLIER_Z))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    tables, rows = [], []
+    for path in sorted(stores):
+        ds = io.open_store(path).load()
+        rows.append(series_row(ds))
+        if io.is_failed(ds):
+            log.warning("series %s failed: %s", ds.attrs["series"], ds.attrs.get("error"))
+            continue
+        tables.append(image_table(ds))
+        figures.series_figure(
+            ds["phase"].values,
+            ds["tie_phase"].values,
+            ds.attrs["pixel_size_nm"],
+            ds.attrs["series"],
+            fig_dir / f"{ds.attrs['series']}.png",
+        )
+    params = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["series", "defocus_nominal_nm", "defocus_nm"])
+    )
+    summary = pd.DataFrame(rows)
+    summary["outlier"] = False
+    ok = summary["status"] == "ok"
+    if ok.any():
+        summary.loc[ok, "outlier"] = robust_outliers(summary.loc[ok, "defocus_scale"], threshold)
+    params.to_csv(out_dir / "parameters.csv", index=False, float_format="%.6g")
+    summary.to_csv(out_dir / "series_summary.csv", index=False, float_format="%.6g")
+    result = campaign_summary(campaign, params, summary, threshold)
+    (out_dir / "campaign_summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if ok.any():
+        session_of = summary.set_index("series")["session"]
+        images = params.assign(session=params["series"].map(session_of))
+        fits = {
+            name: block["defocus_calibration"]
+            for name, block in result["sessions"].items()
+            if block["defocus_calibration"].get("scale") is not None
+        }
+        figures.calibration_figure(images[images["defocus_nominal_nm"] != 0], fits, fig_dir / "defocus_calibration.png")
+        figures.trends_figure(
+            summary[ok],
+            ["defocus_scale", "beam_divergence_mrad", "defocus_spread_nm", "drift_rms_px"],
+            fig_dir / "parameter_trends.png",
+        )
+    log.info("aggregated %d series (%d failed) into %s", len(summary), int((~ok).sum()), out_dir)

@@ -1,0 +1,212 @@
+"""The ``phasepipe`` command line: one subcommand per stage, as the Snakemake rules call them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from phasepipe import __version__
+
+log = logging.getLogger("phasepipe")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _progress_bar(total: int, description: str):
+    """A tqdm bar when a person is watching; otherwise the library's periodic log lines suffice."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="it", leave=False)
+
+    def update(it: int, loss: float) -> None:
+        bar.update(1)
+        if it % 20 == 0:
+            bar.set_postfix(misfit=f"{loss:.3e}")
+
+    return update, bar.close
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from phasepipe import simulate
+
+    if args.demo:
+        specs = simulate.demo_campaign()
+    else:
+        specs = [
+            simulate.SeriesSpec(
+                series=args.series or args.texture,
+                texture=args.texture,
+                size_px=args.size,
+                noise_fraction=args.noise,
+                calibration=args.calibration,
+                seed=args.seed,
+            )
+        ]
+    sheet = simulate.write_campaign(Path(args.out), specs)
+    log.info("wrote %d series and the sheet %s", len(specs), sheet)
+
+
+def _write_failure(series: str, out: str, stage: str, message: str) -> None:
+    from phasepipe import io
+
+    log.error("%s", message)
+    io.write_store(io.failed_dataset(series, message, stage), out)
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from phasepipe import io
+
+    microscope = json.loads(args.microscope)
+    try:
+        ds = io.ingest(io.sheet_row(args.sheet, args.series), microscope)
+    except io.InputError as exc:
+        # A bad series fails alone: its failure travels to the release summary.
+        _write_failure(args.series, args.out, "ingest", str(exc))
+        return
+    io.write_store(ds, args.out)
+    log.info("ingested %s: %d images of %s px", args.series, ds.sizes["image"], (ds.sizes["y"], ds.sizes["x"]))
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from phasepipe import align, io
+
+    ds = io.open_store(args.input).load()
+    if not io.is_failed(ds):
+        ds = align.align_dataset(ds)
+        for k, (dy, dx) in enumerate(zip(ds["shift_y_px"].values, ds["shift_x_px"].values, strict=True)):
+            log.info("image %d: drift (%.2f, %.2f) px, confidence %.2f", k, dy, dx, ds["registration_confidence"][k])
+    io.write_store(ds, args.out)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    import torch
+
+    from phasepipe import io, reconstruct
+
+    torch.set_num_threads(args.threads)
+    ds = io.open_store(args.input).load()
+    if io.is_failed(ds):
+        io.write_store(ds, args.out)
+        return
+    settings = reconstruct.settings_from_config(json.loads(args.settings))
+    progress, close = _progress_bar(settings.max_iterations, ds.attrs["series"])
+    try:
+        out = reconstruct.reconstruct_dataset(ds, settings, progress)
+    finally:
+        close()
+    log.info(
+        "%s: %d iterations in %.1f s, misfit %.3e, defocus %s nm",
+        ds.attrs["series"],
+        out.attrs["iterations"],
+        out.attrs["seconds"],
+        out.attrs["final_loss"],
+        [round(float(d)) for d in out["defocus_nm"].values],
+    )
+    io.write_store(out, args.out)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from phasepipe import aggregate
+
+    aggregate.aggregate(
+        [Path(s) for s in args.stores], Path(args.out), campaign=args.campaign, settings=json.loads(args.settings)
+    )
+
+
+def cmd_release(args: argparse.Namespace) -> None:
+    from phasepipe import release
+
+    try:
+        release_id = release.publish(
+            aggregate_dir=Path(args.aggregate),
+            stores=[Path(s) for s in args.stores],
+            releases_dir=Path(args.releases),
+            name=args.name,
+            config=json.loads(args.config),
+        )
+    except release.ReleaseError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    Path(args.out).write_text(json.dumps({"release": release_id}) + "\n")
+
+
+def cmd_releases(args: argparse.Namespace) -> None:
+    from phasepipe import release
+
+    for row in release.list_releases(Path(args.releases)):
+        print("\t".join(str(v) for v in row.values()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phasepipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"phasepipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write a simulated campaign (images, series sheet, ground truth)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--demo", action="store_true", help="the built-in demo campaign")
+    p.add_argument("--texture", default="vortex", help="vortex | skyrmions | stripes (without --demo)")
+    p.add_argument("--series", help="series id (default: the texture)")
+    p.add_argument("--size", type=int, default=256, help="image edge in px")
+    p.add_argument("--noise", type=float, default=0.05, help="Gaussian intensity noise fraction")
+    p.add_argument("--calibration", type=float, default=1.04, help="true / nominal defocus")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("ingest", help="read and validate one series of the sheet into a Zarr store")
+    p.add_argument("--sheet", required=True, help="series sheet (TSV)")
+    p.add_argument("--series", required=True, help="series id")
+    p.add_argument("--microscope", default="{}", help="JSON of microscope defaults (config 'microscope')")
+    p.add_argument("--out", required=True, help="output store (.zarr)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("align", help="register the images of an ingested series")
+    p.add_argument("--in", dest="input", required=True, help="ingested store")
+    p.add_argument("--out", required=True, help="aligned store")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("reconstruct", help="fit phase and microscope parameters of an aligned series")
+    p.add_argument("--in", dest="input", required=True, help="aligned store")
+    p.add_argument("--out", required=True, help="reconstructed store")
+    p.add_argument("--settings", default="{}", help="JSON of the config's 'reconstruction' section")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("aggregate", help="campaign tables, statistics and figures from reconstructed stores")
+    p.add_argument("--stores", nargs="+", required=True, help="reconstructed stores")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--campaign", default="campaign", help="campaign name")
+    p.add_argument("--settings", default="{}", help="JSON of the config's 'aggregate' section")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("release", help="publish an immutable, versioned release")
+    p.add_argument("--aggregate", required=True, help="aggregate output folder")
+    p.add_argument("--stores", nargs="+", required=True, help="reconstructed stores")
+    p.add_argument("--releases", required=True, help="releases folder (results_dir/releases)")
+    p.add_argument("--name", default="auto", help="release id, or auto")
+    p.add_argument("--config", default="{}", help="JSON of the effective config")
+    p.add_argument("--out", required=True, help="file recording the published id")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("releases", help="list published releases")
+    p.add_argument("--releases", default="results/releases", help="releases folder")
+    p.set_defaults(func=cmd_releases)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    args.func(args)

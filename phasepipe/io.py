@@ -1,0 +1,254 @@
+"""Reading what microscopes write, the series sheet, and the Zarr stores that join the stages.
+
+Every stage reads and writes one xarray Dataset per series in a Zarr (v3) store. A store whose
+series failed carries ``attrs["status"] == "failed"`` and the message, so that one bad series
+travels through the workflow to the release summary instead of stopping the campaign.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import xarray as xr
+
+SERIES_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+REQUIRED_COLUMNS = ("series", "files", "defocus_nm")
+MICROSCOPE_COLUMNS = ("voltage_kv", "cs_mm", "beam_divergence_mrad", "defocus_spread_nm")
+OPTIONAL_COLUMNS = ("pixel_size_nm", *MICROSCOPE_COLUMNS, "acquired", "session", "truth")
+UNIT_TO_NM = {"pm": 1e-3, "a": 0.1, "å": 0.1, "angstrom": 0.1, "nm": 1.0, "um": 1e3, "µm": 1e3, "micron": 1e3}
+
+
+class InputError(ValueError):
+    """Bad input: the message names the series, the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """One validated row of the series sheet."""
+
+    series: str
+    files: str
+    defocus_nm: tuple[float, ...]
+    sheet_dir: Path
+    pixel_size_nm: float | None = None
+    microscope: dict[str, float] = field(default_factory=dict)
+    acquired: str = ""
+    session: str = ""
+    truth: str = ""
+
+    def paths(self) -> list[Path]:
+        """Image files of the series: a ';' list or globs, relative to the sheet, sorted naturally."""
+        paths: list[Path] = []
+        for part in (p.strip() for p in self.files.split(";")):
+            if not part:
+                continue
+            pattern = str(self.sheet_dir / part)
+            matches = sorted(glob.glob(pattern), key=_natural_key) if glob.has_magic(part) else [pattern]
+            if not matches:
+                raise InputError(f"series {self.series}: no file matches {part!r}")
+            paths.extend(Path(m) for m in matches)
+        return paths
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def _number(value: str, series: str, column: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"series {series}: column {column} is not a number: {value!r}") from None
+
+
+def read_sheet(path: str | Path) -> list[SeriesRow]:
+    """Parse and validate a series sheet (TSV); raises :class:`InputError` naming row and column."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        columns = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise InputError(f"series sheet {path}: missing required column(s) {', '.join(missing)}")
+        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if unknown:
+            raise InputError(f"series sheet {path}: unknown column(s) {', '.join(unknown)}")
+        rows = []
+        seen: dict[str, int] = {}
+        for line, raw in enumerate(reader, start=2):
+            raw = {k: (v or "").strip() for k, v in raw.items()}
+            sid = raw["series"]
+            if not SERIES_ID.match(sid):
+                raise InputError(
+                    f"series sheet {path}, line {line}: series id {sid!r} is not allowed "
+                    "(letters, digits, '_', '.', '-', starting with a letter or digit)"
+                )
+            if sid in seen:
+                raise InputError(
+                    f"series sheet {path}, line {line}: duplicate series id {sid!r} (first on line {seen[sid]})"
+                )
+            seen[sid] = line
+            if not raw["files"]:
+                raise InputError(f"series sheet {path}, line {line}: series {sid}: empty files")
+            defocus = tuple(_number(v, sid, "defocus_nm") for v in raw["defocus_nm"].split(",") if v.strip())
+            if not defocus:
+                raise InputError(f"series sheet {path}, line {line}: series {sid}: empty defocus_nm")
+            pixel = raw.get("pixel_size_nm", "")
+            pixel_size = _number(pixel, sid, "pixel_size_nm") if pixel else None
+            if pixel_size is not None and not pixel_size > 0:
+                raise InputError(f"series sheet {path}, line {line}: series {sid}: pixel_size_nm must be positive")
+            microscope = {c: _number(raw[c], sid, c) for c in MICROSCOPE_COLUMNS if raw.get(c)}
+            rows.append(
+                SeriesRow(
+                    series=sid,
+                    files=raw["files"],
+                    defocus_nm=defocus,
+                    sheet_dir=path.parent,
+                    pixel_size_nm=pixel_size,
+                    microscope=microscope,
+                    acquired=raw.get("acquired", ""),
+                    session=raw.get("session", ""),
+                    truth=raw.get("truth", ""),
+                )
+            )
+    if not rows:
+        raise InputError(f"series sheet {path}: no series")
+    return rows
+
+
+def sheet_row(path: str | Path, series: str) -> SeriesRow:
+    """The validated row of one series."""
+    for row in read_sheet(path):
+        if row.series == series:
+            return row
+    raise InputError(f"series sheet {path}: no series {series!r}")
+
+
+def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_tiff(path: Path) -> tuple[np.ndarray, float | None, dict]:
+    """Image data, pixel size in nm (None if uncalibrated) and metadata of a TIFF file."""
+    with tifffile.TiffFile(path) as tif:
+        data = tif.asarray()
+        meta = tif.imagej_metadata or {}
+        page = tif.pages[0]
+        unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
+        res = page.tags.get("XResolution")
+        pixel = None
+        if res is not None and unit in UNIT_TO_NM:
+            num, den = res.value
+            if num > 0 and den > 0:
+                pixel = den / num * UNIT_TO_NM[unit]
+    return data, pixel, {"format": "TIFF", "unit": unit}
+
+
+def read_images(paths: list[Path], series: str) -> tuple[np.ndarray, float | None, dict]:
+    """Stack (n, y, x) float32 from one 3-D file or several 2-D files, and the pixel size in nm."""
+    stacks, pixels, meta = [], [], {}
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"series {series}: file {path} does not exist")
+        try:
+            data, pixel, meta = read_tiff(path)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file to the user
+            raise InputError(f"series {series}: file {path} cannot be read as TIFF: {exc}") from exc
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim != 3:
+            raise InputError(
+                f"series {series}: file {path} holds {data.ndim}-D data, expected 2-D images or a 3-D stack"
+            )
+        stacks.append(data)
+        pixels.append(pixel)
+    shapes = {s.shape[1:] for s in stacks}
+    if len(shapes) > 1:
+        raise InputError(
+            f"series {series}: images of different shapes {sorted(shapes)} in {', '.join(map(str, paths))}"
+        )
+    stack = np.concatenate(stacks).astype(np.float32)
+    known = [p for p in pixels if p is not None]
+    return stack, (known[0] if known else None), meta
+
+
+def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
+    """Read and validate one series into the ingested Dataset (raw intensities + settings)."""
+    paths = row.paths()
+    stack, pixel, meta = read_images(paths, row.series)
+    where = f"series {row.series} ({', '.join(str(p) for p in paths)})"
+    if stack.shape[0] != len(row.defocus_nm):
+        raise InputError(f"{where}: {stack.shape[0]} images but {len(row.defocus_nm)} defocus values")
+    if not np.all(np.isfinite(stack)):
+        raise InputError(f"{where}: {int(np.sum(~np.isfinite(stack)))} NaN or infinite pixels")
+    pixel_size = row.pixel_size_nm if row.pixel_size_nm is not None else pixel
+    if pixel_size is None or not pixel_size > 0:
+        raise InputError(f"{where}: no usable pixel calibration in the files; give pixel_size_nm in the sheet")
+    microscope = {**microscope_defaults, **row.microscope}
+    n, h, w = stack.shape
+    ds = xr.Dataset(
+        {
+            "intensity": (("image", "y", "x"), stack),
+            "defocus_nominal_nm": (("image",), np.asarray(row.defocus_nm, float)),
+        },
+        coords={"image": np.arange(n), "y": np.arange(h) * pixel_size, "x": np.arange(w) * pixel_size},
+        attrs={
+            "series": row.series,
+            "status": "ok",
+            "pixel_size_nm": float(pixel_size),
+            "microscope": json.dumps(microscope, sort_keys=True),
+            "source_files": json.dumps({_relative(p, row.sheet_dir): sha256_file(p) for p in paths}),
+            "source_format": meta.get("format", ""),
+            "acquired": row.acquired,
+            "session": row.session,
+            "truth": str(row.sheet_dir / row.truth) if row.truth else "",
+        },
+    )
+    return ds
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def failed_dataset(series: str, message: str, stage: str) -> xr.Dataset:
+    """A store that records a series' failure; later stages pass it on untouched."""
+    return xr.Dataset(attrs={"series": series, "status": "failed", "error": message, "failed_stage": stage})
+
+
+def write_store(ds: xr.Dataset, path: str | Path, chunk_px: int = 512) -> None:
+    """Write a Dataset as a Zarr v3 store, chunked in tiles of ``chunk_px`` over (y, x)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    encoding = {}
+    for name, var in ds.data_vars.items():
+        chunks = tuple(min(chunk_px, s) if d in ("y", "x") else s for d, s in zip(var.dims, var.shape, strict=True))
+        if chunks:
+            encoding[name] = {"chunks": chunks}
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a stage's store (lazily)."""
+    return xr.open_zarr(path, zarr_format=3, consolidated=False)
+
+
+def is_failed(ds: xr.Dataset) -> bool:
+    return ds.attrs.get("status") == "failed"

@@ -1,0 +1,119 @@
+"""The one physical convention of phasepipe (see docs/physics.md), as pure functions.
+
+Every function here works on NumPy arrays and on PyTorch tensors alike: the array namespace is
+taken from the arguments, so the simulator (NumPy, float64) and the differentiable model
+(PyTorch, float32) share a single implementation of image formation.
+Lengths in nm, angles in rad, voltages in V, spatial frequency in cycles per nm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+H_PLANCK = 6.62607015e-34  # J s
+M0 = 9.1093837015e-31  # kg
+E_CHARGE = 1.602176634e-19  # C
+C_LIGHT = 299792458.0  # m / s
+PHI0_T_NM2 = H_PLANCK / (2 * E_CHARGE) * 1e18  # magnetic flux quantum h / 2e, in T nm^2
+
+
+def _xp(x: Any):
+    """Array namespace (numpy or torch) of ``x``."""
+    return torch if isinstance(x, torch.Tensor) else np
+
+
+def wavelength_nm(voltage_v: float) -> float:
+    """Relativistic electron wavelength in nm for an accelerating voltage in V."""
+    ev = E_CHARGE * voltage_v
+    p = np.sqrt(2 * M0 * ev * (1 + ev / (2 * M0 * C_LIGHT**2)))
+    return H_PLANCK / p * 1e9
+
+
+def interaction_constant(voltage_v: float) -> float:
+    """Interaction constant sigma in rad / (V nm)."""
+    gamma = 1 + E_CHARGE * voltage_v / (M0 * C_LIGHT**2)
+    lam_m = wavelength_nm(voltage_v) * 1e-9
+    return 2 * np.pi * M0 * gamma * E_CHARGE * lam_m / H_PLANCK**2 * 1e-9
+
+
+def frequency_grid(shape: tuple[int, int], pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial frequencies (qy, qx) in cycles per nm, broadcastable to ``shape``."""
+    qy = np.fft.fftfreq(shape[0], d=pixel_size_nm)[:, None]
+    qx = np.fft.fftfreq(shape[1], d=pixel_size_nm)[None, :]
+    return qy, qx
+
+
+def transfer_function(
+    q2,
+    defocus_nm,
+    wavelength_nm: float,
+    cs_nm: float,
+    beam_divergence_rad,
+    defocus_spread_nm,
+):
+    """Coherent transfer function with both partial-coherence envelopes.
+
+    ``q2`` is |q|^2 (cycles^2 / nm^2); ``defocus_nm`` may carry leading batch dimensions
+    (e.g. shape (N, 1, 1) for N images). Returns T = exp(-i chi) E_s E_t.
+    """
+    xp = _xp(q2)
+    lam = wavelength_nm
+    q = xp.sqrt(q2)
+    chi = np.pi * lam * defocus_nm * q2 + (np.pi / 2) * cs_nm * lam**3 * q2**2
+    u = 1 + 2 * (np.pi * beam_divergence_rad * defocus_spread_nm) ** 2 * q2
+    spatial = -((np.pi * beam_divergence_rad) ** 2) * (defocus_nm * q + cs_nm * lam**2 * q2 * q) ** 2
+    temporal = -((np.pi * lam * defocus_spread_nm) ** 2) * q2**2 / 2
+    envelope = xp.exp((spatial + temporal) / u)
+    return envelope * xp.cos(chi) - 1j * envelope * xp.sin(chi)
+
+
+def shift_ramp(qy, qx, shift_px, pixel_size_nm: float):
+    """Fourier factor that moves an image by ``shift_px`` = (..., 2) pixels (y, x)."""
+    xp = _xp(shift_px)
+    dy = shift_px[..., 0, None, None] * pixel_size_nm
+    dx = shift_px[..., 1, None, None] * pixel_size_nm
+    arg = -2 * np.pi * (qy * dy + qx * dx)
+    return xp.cos(arg) + 1j * xp.sin(arg)
+
+
+def image_intensities(psi, transfer, ramp=None, scale=None):
+    """Intensities I_k = s_k |F^-1[F[psi] T_k]|^2 of a through-focus series.
+
+    ``transfer`` has shape (N, y, x); ``ramp`` (the image drift, see :func:`shift_ramp`)
+    and ``scale`` (N,) are optional. The drift is applied to the wave, which moves the
+    intensity image by the same amount.
+    """
+    xp = _xp(psi)
+    spectrum = xp.fft.fft2(psi) * transfer
+    if ramp is not None:
+        spectrum = spectrum * ramp
+    wave = xp.fft.ifft2(spectrum)
+    intensity = wave.real**2 + wave.imag**2
+    if scale is not None:
+        intensity = intensity * scale[:, None, None]
+    return intensity
+
+
+def magnetic_phase(mx, my, thickness_nm, b0_t: float, pixel_size_nm: float) -> np.ndarray:
+    """Magnetic phase of a film with in-plane magnetisation B0 m(r) (Fourier relation).
+
+    phi_m^(k) = (i B0 / (2 Phi0)) (k_x (t m_y)^(k) - k_y (t m_x)^(k)) / |k|^2, phi_m^(0) = 0.
+    A thickness map t(r) generalises the uniform-film formula.
+    """
+    qy, qx = frequency_grid(mx.shape, pixel_size_nm)
+    q2 = qx**2 + qy**2
+    q2[0, 0] = 1.0
+    tmx = np.fft.fft2(thickness_nm * mx)
+    tmy = np.fft.fft2(thickness_nm * my)
+    spectrum = 1j * b0_t / (2 * PHI0_T_NM2) * (qx * tmy - qy * tmx) / q2
+    spectrum[0, 0] = 0.0
+    return np.fft.ifft2(spectrum).real
+
+
+def induction_from_phase(phase: np.ndarray, pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane integrated induction (B_x t, B_y t) in T nm from the magnetic phase."""
+    dphi_dy, dphi_dx = np.gradient(phase, pixel_size_nm)
+    return PHI0_T_NM2 / np.pi * dphi_dy, -PHI0_T_NM2 / np.pi * dphi_dx

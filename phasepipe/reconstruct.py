@@ -1,0 +1,387 @@
+"""Differentiable reconstruction: the forward model fitted to a through-focus series by autodiff.
+
+Three parts, kept apart (in the spirit of pty-chi):
+
+- :class:`Parameters` holds every unknown in the parametrisation the optimiser sees (log for
+  positive quantities, defocus relative to its nominal magnitude) and converts to physical values.
+- :class:`ForwardModel` turns parameters into predicted intensities with :mod:`phasepipe.physics`.
+- :func:`fit` runs one Adam optimiser per parameter group, each with its own learning rate and the
+  iteration from which it is refined (:class:`ParameterOptions`), and stops on convergence.
+
+:func:`reconstruct` ties them together for one series, starting from the TIE phase.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+
+from phasepipe import physics
+from phasepipe.tie import tie_phase
+
+log = logging.getLogger(__name__)
+
+REFINABLE = ("defocus", "beam_divergence", "defocus_spread", "shifts")
+MAX_DECAYS = 3
+
+
+@dataclass(frozen=True)
+class ParameterOptions:
+    """How one parameter group is optimised: Adam learning rate and first refined iteration."""
+
+    lr: float
+    start: int = 0
+
+
+DEFAULT_OPTIONS: dict[str, ParameterOptions] = {
+    "phase": ParameterOptions(lr=0.05),  # rad per step
+    "log_amplitude": ParameterOptions(lr=0.01),
+    "defocus": ParameterOptions(lr=1e-3, start=50),  # relative to the image's |nominal defocus|
+    "beam_divergence": ParameterOptions(lr=0.02, start=200),  # log units
+    "defocus_spread": ParameterOptions(lr=0.02, start=200),  # log units
+    "shifts": ParameterOptions(lr=0.01, start=50),  # px per step
+}
+
+
+@dataclass(frozen=True)
+class Microscope:
+    """Microscope state known before the fit (nominal values and fixed settings)."""
+
+    voltage_kv: float = 200.0
+    cs_mm: float = 1.0
+    beam_divergence_mrad: float = 0.01
+    defocus_spread_nm: float = 500.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Reconstruction settings (the ``reconstruction`` config section, resolved)."""
+
+    refine: tuple[str, ...] = ("defocus",)
+    max_iterations: int = 1500
+    converge: bool = True  # stop on a relative loss change below ``tolerance``
+    tolerance: float = 2e-4
+    tv_weight: float | None = None  # None = chosen from the measured noise
+    device: str = "cpu"
+    options: dict[str, ParameterOptions] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+    log_every: int = 100
+    continuation_step: int = 150  # iterations between admitting the next |defocus| level
+
+
+class Parameters(torch.nn.Module):
+    """All unknowns of one series, in the parametrisation the optimiser sees."""
+
+    def __init__(self, phase, amplitude, defocus_nm, microscope: Microscope, reference: int):
+        super().__init__()
+        defocus_nm = torch.as_tensor(defocus_nm, dtype=torch.float64)
+        # Defocus is refined relative to each image's magnitude (the reference image, nominally in
+        # focus, uses the series' largest): equal steps then mean equal relative changes.
+        magnitude = defocus_nm.abs()
+        self.register_buffer("defocus_unit_nm", torch.where(magnitude > 0, magnitude, magnitude.max()))
+        self.register_buffer("defocus_start_nm", defocus_nm)
+        self.reference = reference
+        n = defocus_nm.numel()
+        self.phase = torch.nn.Parameter(torch.as_tensor(phase, dtype=torch.float32))
+        self.log_amplitude = torch.nn.Parameter(torch.log(torch.as_tensor(amplitude, dtype=torch.float32)))
+        self.defocus = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
+        self.beam_divergence = torch.nn.Parameter(torch.tensor(math.log(microscope.beam_divergence_mrad * 1e-3)))
+        self.defocus_spread = torch.nn.Parameter(torch.tensor(math.log(microscope.defocus_spread_nm)))
+        self.shifts = torch.nn.Parameter(torch.zeros(n, 2, dtype=torch.float32))
+
+    def defocus_nm(self, raw: torch.Tensor | None = None) -> torch.Tensor:
+        """Physical defocus of every image (from ``raw`` in place of the parameter if given)."""
+        # The reference image defines the object plane: a common defocus offset of all images is
+        # exactly degenerate with propagating the object, so the reference is pinned.
+        raw = self.defocus if raw is None else raw
+        free = torch.ones_like(raw)
+        free[self.reference] = 0
+        return self.defocus_start_nm + raw * free * self.defocus_unit_nm
+
+    def beam_divergence_rad(self) -> torch.Tensor:
+        return self.beam_divergence.exp()
+
+    def defocus_spread_nm(self) -> torch.Tensor:
+        return self.defocus_spread.exp()
+
+    def shifts_px(self) -> torch.Tensor:
+        # Pinned for the reference image: a common shift of every image is a shift of the object.
+        return self.shifts - self.shifts[self.reference]
+
+    def wave(self) -> torch.Tensor:
+        return torch.polar(self.log_amplitude.exp(), self.phase)
+
+
+class ForwardModel:
+    """Predicted mean-normalised intensities of a series for given :class:`Parameters`."""
+
+    def __init__(self, shape, pixel_size_nm: float, microscope: Microscope, device: str):
+        qy, qx = physics.frequency_grid(shape, pixel_size_nm)
+        self.qy = torch.as_tensor(qy, dtype=torch.float32, device=device)
+        self.qx = torch.as_tensor(qx, dtype=torch.float32, device=device)
+        self.q2 = self.qy**2 + self.qx**2
+        self.pixel_size_nm = pixel_size_nm
+        self.wavelength_nm = physics.wavelength_nm(microscope.voltage_kv * 1e3)
+        self.cs_nm = microscope.cs_mm * 1e6
+
+    def transfer(self, params: Parameters, defocus_nm: torch.Tensor) -> torch.Tensor:
+        return physics.transfer_function(
+            self.q2,
+            defocus_nm.float()[:, None, None],
+            self.wavelength_nm,
+            self.cs_nm,
+            params.beam_divergence_rad(),
+            params.defocus_spread_nm(),
+        )
+
+    def __call__(self, params: Parameters, refine_shifts: bool, defocus_nm: torch.Tensor | None = None) -> torch.Tensor:
+        ramp = physics.shift_ramp(self.qy, self.qx, params.shifts_px(), self.pixel_size_nm) if refine_shifts else None
+        defocus_nm = params.defocus_nm() if defocus_nm is None else defocus_nm
+        intensity = physics.image_intensities(params.wave(), self.transfer(params, defocus_nm), ramp)
+        # Mean-normalised: exposure and the envelopes' loss of mean intensity drop out.
+        return intensity / intensity.mean(dim=(1, 2), keepdim=True)
+
+
+def total_variation(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Isotropic, slightly smoothed, periodic total variation (mean over pixels)."""
+    dy = phase - torch.roll(phase, 1, 0)
+    dx = phase - torch.roll(phase, 1, 1)
+    return torch.sqrt(dy**2 + dx**2 + eps**2).mean()
+
+
+def noise_level(images: np.ndarray) -> float:
+    """Relative noise of mean-normalised images, from their finest-scale wavelet coefficients."""
+    from skimage.restoration import estimate_sigma
+
+    return float(np.mean([estimate_sigma(im / im.mean()) for im in images]))
+
+
+def auto_tv_weight(noise: float) -> float:
+    """TV weight that scales with the measured noise variance (see docs/physics.md)."""
+    return 0.5 * noise**2
+
+
+@dataclass
+class FitResult:
+    loss: float
+    iterations: int
+    history: list[float]
+    seconds: float
+
+
+def continuation_schedule(defocus_nm: np.ndarray, step: int) -> np.ndarray:
+    """First iteration at which each image enters the misfit: defocus continuation.
+
+    Images far from focus are strongly non-linear in the phase; fitting the near-focus ones first
+    brings the phase into the basin of the true solution before they join. The two smallest
+    |defocus| levels start together (focus alone carries no phase); each further level follows
+    ``step`` iterations later.
+    """
+    levels = np.unique(np.round(np.abs(defocus_nm), 3))
+    rank = np.searchsorted(levels, np.round(np.abs(defocus_nm), 3))
+    return np.maximum(rank - 1, 0) * step
+
+
+def fit(
+    model: ForwardModel,
+    params: Parameters,
+    data: torch.Tensor,
+    settings: Settings,
+    tv_weight: float,
+    progress=None,
+) -> FitResult:
+    """Fit ``params`` to ``data`` (N, y, x mean-normalised) with one Adam per parameter group."""
+    included = continuation_schedule(params.defocus_start_nm.cpu().numpy(), settings.continuation_step)
+    groups = ["phase", "log_amplitude", *[name for name in REFINABLE if name in settings.refine]]
+    optimisers = {name: torch.optim.Adam([getattr(params, name)], lr=settings.options[name].lr) for name in groups}
+    for name in REFINABLE:
+        getattr(params, name).requires_grad_(name in settings.refine)
+    last_start = max(max(settings.options[name].start for name in groups), int(included.max()))
+    history: list[float] = []
+    t0 = time.perf_counter()
+    window = 50
+    it = 0
+    decays = 0
+    last_decay = 0
+    for it in range(1, settings.max_iterations + 1):
+        for opt in optimisers.values():
+            opt.zero_grad(set_to_none=True)
+        predicted = model(params, "shifts" in settings.refine)
+        per_image = torch.mean((predicted - data) ** 2, dim=(1, 2))
+        active = torch.as_tensor(included <= it, dtype=per_image.dtype, device=per_image.device)
+        misfit = torch.sum(per_image * active) / active.sum()
+        loss = misfit + tv_weight * total_variation(params.phase)
+        loss.backward()
+        for name, opt in optimisers.items():
+            if it > settings.options[name].start:
+                opt.step()
+        history.append(float(misfit.detach()))
+        with torch.no_grad():
+            params.phase -= params.phase.mean()  # the global phase constant is unobservable
+        if progress is not None:
+            progress(it, history[-1])
+        if it % settings.log_every == 0:
+            log.info(
+                "iteration %d  misfit %.4e  defocus_nm %s  %.1f it/s",
+                it,
+                history[-1],
+                np.array2string(params.defocus_nm().detach().cpu().numpy(), precision=0),
+                it / (time.perf_counter() - t0),
+            )
+        if settings.converge and it > last_start + 2 * window and it - last_decay >= 2 * window:
+            old = np.mean(history[-2 * window : -window])
+            new = np.mean(history[-window:])
+            if (old - new) / old < settings.tolerance:
+                # Plateau: halve every learning rate (Adam's noise floor hides the optimum), and
+                # stop once the smallest rate has plateaued too.
+                if decays == MAX_DECAYS:
+                    break
+                decays += 1
+                last_decay = it
+                for opt in optimisers.values():
+                    for group in opt.param_groups:
+                        group["lr"] *= 0.5
+    return FitResult(loss=history[-1], iterations=it, history=history, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class Reconstruction:
+    """Result of :func:`reconstruct` for one series, as plain arrays and numbers."""
+
+    phase: np.ndarray
+    amplitude: np.ndarray
+    tie_phase: np.ndarray
+    defocus_nm: np.ndarray
+    defocus_std_nm: np.ndarray
+    shifts_px: np.ndarray
+    beam_divergence_mrad: float
+    defocus_spread_nm: float
+    loss: float
+    noise: float
+    tv_weight: float
+    iterations: int
+    seconds: float
+
+
+def _uncertainty(model, params, data, refine_shifts) -> np.ndarray:
+    """Standard deviation of each image's defocus from the loss curvature (Gauss-Newton).
+
+    Conditional on the fitted object: var = 2 L / (M H), L the misfit at the optimum, M the
+    number of data values and H the Hessian of the misfit in defocus.
+    """
+    start = params.defocus.detach().clone()
+
+    def misfit(raw):
+        return torch.mean((model(params, refine_shifts, params.defocus_nm(raw)) - data) ** 2)
+
+    hess = torch.autograd.functional.hessian(misfit, start).double().cpu().numpy()
+    loss = float(misfit(start).detach())
+    free = np.arange(len(start)) != params.reference
+    std = np.zeros(len(start))
+    h = hess[np.ix_(free, free)]
+    cov = np.linalg.pinv(h) * 2 * loss / data.numel()
+    std[free] = np.sqrt(np.clip(np.diag(cov), 0, None)) * params.defocus_unit_nm.cpu().numpy()[free]
+    return std
+
+
+def reconstruct(
+    images: np.ndarray,
+    defocus_nominal_nm: np.ndarray,
+    pixel_size_nm: float,
+    microscope: Microscope,
+    settings: Settings,
+    progress=None,
+) -> Reconstruction:
+    """Recover phase, amplitude and the refined microscope parameters of one aligned series."""
+    images = np.asarray(images, dtype=np.float64)
+    nominal = np.asarray(defocus_nominal_nm, dtype=np.float64)
+    reference = int(np.argmin(np.abs(nominal)))
+    data_np = images / images.mean(axis=(1, 2), keepdims=True)
+    noise = noise_level(images)
+    tv_weight = auto_tv_weight(noise) if settings.tv_weight is None else settings.tv_weight
+
+    tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
+    amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
+    params = Parameters(tie, amplitude, nominal, microscope, reference).to(settings.device)
+    model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device)
+    data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
+    log.info("noise %.4f, tv_weight %.3e, refine %s", noise, tv_weight, list(settings.refine))
+
+    result = fit(model, params, data, settings, tv_weight, progress)
+    refine_shifts = "shifts" in settings.refine
+    std = _uncertainty(model, params, data, refine_shifts) if "defocus" in settings.refine else np.zeros(len(nominal))
+    with torch.no_grad():
+        return Reconstruction(
+            phase=params.phase.cpu().numpy().astype(np.float32),
+            amplitude=params.log_amplitude.exp().cpu().numpy().astype(np.float32),
+            tie_phase=tie.astype(np.float32),
+            defocus_nm=params.defocus_nm().cpu().numpy(),
+            defocus_std_nm=std,
+            shifts_px=params.shifts_px().cpu().numpy().astype(np.float64),
+            beam_divergence_mrad=float(params.beam_divergence_rad()) * 1e3,
+            defocus_spread_nm=float(params.defocus_spread_nm()),
+            loss=result.loss,
+            noise=noise,
+            tv_weight=tv_weight,
+            iterations=result.iterations,
+            seconds=result.seconds,
+        )
+
+
+def settings_from_config(section: dict) -> Settings:
+    """Resolve the ``reconstruction`` config section (see config/README.md) into :class:`Settings`."""
+    iterations = section.get("iterations", "auto")
+    device = section.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("reconstruction.device is 'cuda' but PyTorch sees no CUDA device")
+    tv = section.get("tv_weight", "auto")
+    return Settings(
+        refine=tuple(section.get("refine", ["defocus"])),
+        max_iterations=Settings.max_iterations if iterations == "auto" else int(iterations),
+        converge=iterations == "auto",
+        tv_weight=None if tv == "auto" else float(tv),
+        device=device,
+    )
+
+
+def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr.Dataset:
+    """Reconstruct an aligned series store into the reconstructed Dataset (phase, parameters)."""
+    microscope = Microscope(**json.loads(ds.attrs["microscope"]))
+    nominal = ds["defocus_nominal_nm"].values
+    result = reconstruct(ds["intensity"].values, nominal, ds.attrs["pixel_size_nm"], microscope, settings, progress)
+    drift = np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1) + result.shifts_px
+    out = xr.Dataset(
+        {
+            "phase": (("y", "x"), result.phase),
+            "amplitude": (("y", "x"), result.amplitude),
+            "tie_phase": (("y", "x"), result.tie_phase),
+            "defocus_nominal_nm": (("image",), nominal),
+            "defocus_nm": (("image",), result.defocus_nm),
+            "defocus_std_nm": (("image",), result.defocus_std_nm),
+            "shift_y_px": (("image",), drift[:, 0]),
+            "shift_x_px": (("image",), drift[:, 1]),
+            "registration_confidence": ds["registration_confidence"],
+        },
+        coords={"image": ds["image"], "y": ds["y"], "x": ds["x"]},
+        attrs={
+            **ds.attrs,
+            "beam_divergence_mrad": result.beam_divergence_mrad,
+            "defocus_spread_nm": result.defocus_spread_nm,
+            "refined": json.dumps(list(settings.refine)),
+            "final_loss": result.loss,
+            "noise": result.noise,
+            "tv_weight": result.tv_weight,
+            "iterations": result.iterations,
+            "seconds": result.seconds,
+            "device": settings.device,
+        },
+    )
+    return out

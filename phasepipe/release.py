@@ -1,0 +1,204 @@
+"""Immutable, versioned releases: provenance, manifests, atomic publication.
+
+A release is built under a temporary name beside its final place and renamed when complete, so
+it exists whole or not at all. Once published it is never modified. Large arrays (the series
+stores) are hard-linked from the work area rather than copied; every file's sha256 is in the
+manifest, so a reference stays verifiable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from phasepipe import __version__, io
+
+log = logging.getLogger(__name__)
+
+TRACKED_PACKAGES = ("snakemake", "torch", "dask", "distributed", "zarr", "xarray", "numpy", "scipy", "scikit-image")
+INDEX_COLUMNS = ("release", "created", "phasepipe", "config_sha256", "inputs_sha256", "n_series", "n_failed")
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be published as asked; nothing was changed."""
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "phasepipe": __version__}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the phasepipe source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def input_checksums(stores: list[Path]) -> dict[str, dict[str, str]]:
+    """sha256 of every source file, per series, as recorded at ingestion."""
+    sums = {}
+    for path in stores:
+        attrs = io.open_store(path).attrs
+        sums[attrs["series"]] = json.loads(attrs.get("source_files", "{}"))
+    return dict(sorted(sums.items()))
+
+
+def fingerprint(config: dict, inputs: dict) -> dict[str, str]:
+    """What makes a release what it is: software version, effective config, inputs."""
+    return {
+        "phasepipe": __version__,
+        "config_sha256": sha256_text(canonical_json(config)),
+        "inputs_sha256": sha256_text(canonical_json(inputs)),
+    }
+
+
+def release_id(fp: dict[str, str]) -> str:
+    return f"v{fp['phasepipe']}-{sha256_text(canonical_json(fp))[:12]}"
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Mirror ``src`` into ``dst`` with hard links (a copy where the file system cannot link)."""
+    for root, _, files in os.walk(src):
+        target = dst / Path(root).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(root) / name, target / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, target / name)
+
+
+def _file_checksums(top: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(top)): io.sha256_file(p)
+        for p in sorted(top.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def list_releases(releases_dir: Path) -> list[dict[str, str]]:
+    index = releases_dir / "index.csv"
+    if not index.exists():
+        return []
+    with open(index, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def publish(aggregate_dir: Path, stores: list[Path], releases_dir: Path, name: str, config: dict) -> str:
+    """Publish the aggregate outputs and series stores as one release; returns its id.
+
+    Publishing the same fingerprint again is a no-op. An explicit ``name`` that already exists
+    with a different fingerprint is refused with :class:`ReleaseError`, and nothing is written.
+    """
+    inputs = input_checksums(stores)
+    fp = fingerprint(config, inputs)
+    rid = release_id(fp) if name == "auto" else name
+    if not io.SERIES_ID.match(rid):
+        raise ReleaseError(f"release name {rid!r} is not allowed (letters, digits, '_', '.', '-')")
+    final = releases_dir / rid
+    if final.exists():
+        manifest = json.loads((final / "manifest.json").read_text())
+        if manifest.get("fingerprint") == fp:
+            log.info("release %s already published with the same config and inputs; nothing to do", rid)
+            _update_catalog(releases_dir, rid, manifest)
+            return rid
+        raise ReleaseError(
+            f"release {rid} already exists with a different config or inputs "
+            f"(config sha256 {manifest.get('fingerprint', {}).get('config_sha256', '?')[:12]} vs "
+            f"{fp['config_sha256'][:12]}); published releases are never modified: choose another name or 'auto'"
+        )
+    releases_dir.mkdir(parents=True, exist_ok=True)
+    tmp = releases_dir / f".tmp-{rid}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        for item in ("parameters.csv", "series_summary.csv", "campaign_summary.json"):
+            shutil.copy2(aggregate_dir / item, tmp / item)
+        shutil.copytree(aggregate_dir / "figures", tmp / "figures")
+        for store in stores:
+            series = io.open_store(store).attrs["series"]
+            _link_tree(store, tmp / "series" / f"{series}.zarr")
+        manifest = {
+            "release": rid,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "fingerprint": fp,
+            "git_commit": git_commit(),
+            "versions": package_versions(),
+            "config": config,
+            "inputs": inputs,
+            "outputs": _file_checksums(tmp),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, final)  # atomic: the release appears whole
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _update_catalog(releases_dir, rid, manifest)
+    log.info("published release %s (%d series)", rid, len(stores))
+    return rid
+
+
+def _update_catalog(releases_dir: Path, rid: str, manifest: dict) -> None:
+    """Add the release to index.csv (once, in order of creation) and point LATEST at it.
+
+    LATEST names the release of the latest successful run, also when that run found its release
+    already published (re-running an earlier config makes that release current again).
+    """
+    rows = list_releases(releases_dir)
+    if any(r["release"] == rid for r in rows):
+        _atomic_write(releases_dir / "LATEST", rid + "\n")
+        return
+    with open(releases_dir / rid / "series_summary.csv", newline="") as fh:
+        summary = list(csv.DictReader(fh))
+    rows.append(
+        {
+            "release": rid,
+            "created": manifest["created"],
+            "phasepipe": manifest["fingerprint"]["phasepipe"],
+            "config_sha256": manifest["fingerprint"]["config_sha256"],
+            "inputs_sha256": manifest["fingerprint"]["inputs_sha256"],
+            "n_series": str(len(summary)),
+            "n_failed": str(sum(r["status"] != "ok" for r in summary)),
+        }
+    )
+    tmp = releases_dir / f".index.csv.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, releases_dir / "index.csv")
+    _atomic_write(releases_dir / "LATEST", rid + "\n")
