@@ -89,6 +89,8 @@ def _link_tree(src: Path, dst: Path) -> None:
         target = dst / Path(root).relative_to(src)
         target.mkdir(parents=True, exist_ok=True)
         for name in files:
+            if name == ".snakemake_timestamp":  # Snakemake's bookkeeping, not part of the data
+                continue
             try:
                 os.link(Path(root) / name, target / name)
             except OSError:

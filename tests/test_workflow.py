@@ -1,0 +1,137 @@
+"""The Snakemake workflow end to end on a small simulated campaign, and config validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from phasepipe import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+FAST = {"refine": ["defocus"], "iterations": 40}
+
+
+def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    configfile = workdir / "test-config.json"
+    configfile.write_text(json.dumps(config))
+    return subprocess.run(
+        [
+            str(SNAKEMAKE),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--cores",
+            "2",
+            "--configfile",
+            str(configfile),
+            *extra,
+        ],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": f"{SNAKEMAKE.parent}:/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"reconstruction": {"tile_px": "big"}}, "tile_px"),
+        ({"reconstruction": {"refine": ["focus"]}}, "focus"),
+        ({"unknown_key": 1}, "unknown_key"),
+        ({"dask": {"scheduler": "mpi"}}, "mpi"),
+    ],
+)
+def test_schema_refuses_bad_config_naming_the_key(tmp_path, config, key):
+    """A wrong type, value or unknown key stops the run before any job, with a message naming it."""
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert "Error validating config file" in result.stdout
+    assert key in result.stdout
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory) -> Path:
+    """Two good series of two sessions and one whose image count does not match its defocus list."""
+    top = tmp_path_factory.mktemp("campaign")
+    specs = [
+        simulate.SeriesSpec(
+            "a1",
+            "vortex",
+            size_px=48,
+            calibration=1.03,
+            session="day1",
+            seed=1,
+            acquired="2026-01-01T10:00:00",
+            drift_px=0.0,
+        ),
+        simulate.SeriesSpec(
+            "b1",
+            "stripes",
+            size_px=48,
+            calibration=0.97,
+            session="day2",
+            seed=2,
+            acquired="2026-01-02T10:00:00",
+            drift_px=0.0,
+        ),
+    ]
+    sheet = simulate.write_campaign(top / "raw", specs)
+    with open(sheet, "a") as fh:
+        fh.write("bad\ta1.tif\t-1e6,0\tday2\t\t\n")
+    return sheet
+
+
+@pytest.mark.integration
+def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campaign):
+    """Ingest to release on a small campaign; the bad series fails alone; a re-run does no work."""
+    config = {"series_sheet": str(campaign), "results_dir": "out", "campaign": "test", "reconstruction": FAST}
+    first = run_snakemake(tmp_path, config)
+    assert first.returncode == 0, first.stdout[-3000:]
+
+    releases = tmp_path / "out" / "releases"
+    rid = (releases / "LATEST").read_text().strip()
+    release = releases / rid
+    assert rid.startswith("v")
+    summary = pd.read_csv(release / "series_summary.csv").set_index("series")
+    assert summary.loc["a1", "status"] == "ok" and summary.loc["b1", "status"] == "ok"
+    assert summary.loc["bad", "status"] == "failed"
+    assert "3 images but 2 defocus values" in summary.loc["bad", "error"]
+
+    params = pd.read_csv(release / "parameters.csv")
+    assert sorted(params["series"].unique()) == ["a1", "b1"]
+    assert len(params) == 6
+    assert {"defocus_nominal_nm", "defocus_nm", "defocus_std_nm", "shift_y_px", "shift_x_px"} <= set(params.columns)
+
+    campaign_summary = json.loads((release / "campaign_summary.json").read_text())
+    assert campaign_summary["counts"] == {"series": 3, "done": 2, "failed": 1}
+    assert set(campaign_summary["sessions"]) == {"day1", "day2"}
+
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert manifest["release"] == rid
+    assert "series/a1.zarr/zarr.json" in manifest["outputs"]
+    assert {"torch", "zarr", "xarray", "snakemake", "numpy", "dask"} <= set(manifest["versions"])
+    for name in ("a1.png", "b1.png", "defocus_calibration.png", "parameter_trends.png"):
+        assert (release / "figures" / name).stat().st_size > 10_000
+
+    ds = __import__("xarray").open_zarr(release / "series" / "a1.zarr", zarr_format=3, consolidated=False)
+    assert {"phase", "amplitude", "tie_phase"} <= set(ds.data_vars)
+    assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(5.0)
+
+    second = run_snakemake(tmp_path, config)
+    assert second.returncode == 0
+    assert "Nothing to be done" in second.stdout
+
+    # Changing only an aggregation setting re-runs aggregation and release, no reconstruction.
+    dry = run_snakemake(tmp_path, {**config, "aggregate": {"outlier_z": 5.0}}, "-n", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stdout[-2000:]
+    assert "aggregate" in dry.stdout and "release" in dry.stdout
+    assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
+    shutil.rmtree(tmp_path / "out" / "work")  # keep the tmp folder small
