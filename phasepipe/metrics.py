@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from phasepipe.align import correlation_shift
+
 BORDER_PX = 32
 
 
@@ -20,20 +22,8 @@ def register_to(reference: np.ndarray, moving: np.ndarray, max_shift_px: int = 4
     compared with the truth up to a small residual offset, and a wider search would let a
     periodic texture's negative match itself half a period away.
     """
-    moving_f = np.fft.fft2(moving)
-    cc = np.fft.ifft2(np.fft.fft2(reference) * np.conj(moving_f)).real
-    offsets = np.arange(-max_shift_px, max_shift_px + 1)
-    window = cc[np.ix_(offsets % cc.shape[0], offsets % cc.shape[1])]
-    peak = np.unravel_index(np.argmax(window), window.shape)
-    shift = []
-    for axis, p in enumerate(peak):
-        frac = 0.0
-        if 0 < p < len(offsets) - 1:  # parabola through the peak and its neighbours
-            line = window[p - 1 : p + 2, peak[1]] if axis == 0 else window[peak[0], p - 1 : p + 2]
-            denom = line[0] - 2 * line[1] + line[2]
-            frac = 0.5 * (line[0] - line[2]) / denom if denom < 0 else 0.0
-        shift.append(offsets[p] + frac)
-    return np.fft.ifft2(ndimage.fourier_shift(moving_f, shift)).real
+    shift = correlation_shift(reference, moving, max_shift_px)
+    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(moving), -shift)).real
 
 
 def phase_accuracy(recovered: np.ndarray, truth: np.ndarray, border_px: int = BORDER_PX) -> float:

@@ -28,7 +28,18 @@ from phasepipe.tie import tie_phase
 
 log = logging.getLogger(__name__)
 
-REFINABLE = ("defocus", "beam_divergence", "defocus_spread", "shifts")
+REFINABLE = ("defocus", "defocus_per_image", "beam_divergence", "defocus_spread", "shifts")
+# The optimiser's parameter groups behind each refinable microscope parameter. ``defocus`` is a
+# common calibration factor of the nominal values (what a lens calibration gets wrong);
+# ``defocus_per_image`` adds a free correction per image (hysteresis), which the data identify far
+# less well (docs/physics.md).
+GROUPS = {
+    "defocus": ("defocus_scale",),
+    "defocus_per_image": ("defocus",),
+    "beam_divergence": ("beam_divergence",),
+    "defocus_spread": ("defocus_spread",),
+    "shifts": ("shifts",),
+}
 MAX_DECAYS = 3
 
 
@@ -43,10 +54,11 @@ class ParameterOptions:
 DEFAULT_OPTIONS: dict[str, ParameterOptions] = {
     "phase": ParameterOptions(lr=0.05),  # rad per step
     "log_amplitude": ParameterOptions(lr=0.01),
-    "defocus": ParameterOptions(lr=1e-3, start=50),  # relative to the image's |nominal defocus|
+    "defocus_scale": ParameterOptions(lr=1e-3, start=50),  # log units
+    "defocus": ParameterOptions(lr=1e-3, start=300),  # relative to the image's |nominal defocus|
     "beam_divergence": ParameterOptions(lr=0.02, start=200),  # log units
     "defocus_spread": ParameterOptions(lr=0.02, start=200),  # log units
-    "shifts": ParameterOptions(lr=0.01, start=50),  # px per step
+    "shifts": ParameterOptions(lr=0.005, start=400),  # px per step; after the object has settled
 }
 
 
@@ -65,7 +77,7 @@ class Settings:
     """Reconstruction settings (the ``reconstruction`` config section, resolved)."""
 
     refine: tuple[str, ...] = ("defocus",)
-    max_iterations: int = 1500
+    max_iterations: int = 4000
     converge: bool = True  # stop on a relative loss change below ``tolerance``
     tolerance: float = 2e-4
     tv_weight: float | None = None  # None = chosen from the measured noise
@@ -90,19 +102,27 @@ class Parameters(torch.nn.Module):
         n = defocus_nm.numel()
         self.phase = torch.nn.Parameter(torch.as_tensor(phase, dtype=torch.float32))
         self.log_amplitude = torch.nn.Parameter(torch.log(torch.as_tensor(amplitude, dtype=torch.float32)))
+        self.defocus_scale = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))  # log of true / nominal
         self.defocus = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
         self.beam_divergence = torch.nn.Parameter(torch.tensor(math.log(microscope.beam_divergence_mrad * 1e-3)))
         self.defocus_spread = torch.nn.Parameter(torch.tensor(math.log(microscope.defocus_spread_nm)))
         self.shifts = torch.nn.Parameter(torch.zeros(n, 2, dtype=torch.float32))
+        basis = torch.stack([torch.ones(n, dtype=torch.float64), defocus_nm / defocus_nm.abs().max().clamp(min=1)], 1)
+        self.register_buffer(
+            "shift_projector", (torch.eye(n, dtype=torch.float64) - basis @ torch.linalg.pinv(basis)).float()
+        )
 
-    def defocus_nm(self, raw: torch.Tensor | None = None) -> torch.Tensor:
-        """Physical defocus of every image (from ``raw`` in place of the parameter if given)."""
+    def defocus_nm(self, raw: torch.Tensor | None = None, log_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Physical defocus of every image (from ``raw`` and ``log_scale`` in place of the
+        parameters if given): the nominal value times the calibration factor, plus the image's
+        own correction."""
+        raw = self.defocus if raw is None else raw
+        log_scale = self.defocus_scale if log_scale is None else log_scale
         # The reference image defines the object plane: a common defocus offset of all images is
         # exactly degenerate with propagating the object, so the reference is pinned.
-        raw = self.defocus if raw is None else raw
         free = torch.ones_like(raw)
         free[self.reference] = 0
-        return self.defocus_start_nm + raw * free * self.defocus_unit_nm
+        return self.defocus_start_nm * log_scale.exp() + raw * free * self.defocus_unit_nm
 
     def beam_divergence_rad(self) -> torch.Tensor:
         return self.beam_divergence.exp()
@@ -111,8 +131,10 @@ class Parameters(torch.nn.Module):
         return self.defocus_spread.exp()
 
     def shifts_px(self) -> torch.Tensor:
-        # Pinned for the reference image: a common shift of every image is a shift of the object.
-        return self.shifts - self.shifts[self.reference]
+        # Two drift patterns are degenerate with the object and are projected out: a common shift
+        # of every image (a shift of the object) and a shift proportional to defocus (a phase
+        # ramp, i.e. a beam tilt, moves each image by an amount proportional to its defocus).
+        return self.shift_projector @ self.shifts
 
     def wave(self) -> torch.Tensor:
         return torch.polar(self.log_amplitude.exp(), self.phase)
@@ -198,10 +220,12 @@ def fit(
 ) -> FitResult:
     """Fit ``params`` to ``data`` (N, y, x mean-normalised) with one Adam per parameter group."""
     included = continuation_schedule(params.defocus_start_nm.cpu().numpy(), settings.continuation_step)
-    groups = ["phase", "log_amplitude", *[name for name in REFINABLE if name in settings.refine]]
+    refined = [group for name in settings.refine for group in GROUPS[name]]
+    groups = ["phase", "log_amplitude", *refined]
     optimisers = {name: torch.optim.Adam([getattr(params, name)], lr=settings.options[name].lr) for name in groups}
     for name in REFINABLE:
-        getattr(params, name).requires_grad_(name in settings.refine)
+        for group in GROUPS[name]:
+            getattr(params, group).requires_grad_(group in refined)
     last_start = max(max(settings.options[name].start for name in groups), int(included.max()))
     history: list[float] = []
     t0 = time.perf_counter()
@@ -269,25 +293,34 @@ class Reconstruction:
     seconds: float
 
 
-def _uncertainty(model, params, data, refine_shifts) -> np.ndarray:
+def _uncertainty(model, params, data, settings: Settings) -> np.ndarray:
     """Standard deviation of each image's defocus from the loss curvature (Gauss-Newton).
 
-    Conditional on the fitted object: var = 2 L / (M H), L the misfit at the optimum, M the
-    number of data values and H the Hessian of the misfit in defocus.
+    Conditional on the fitted object: cov = 2 L / M * H^-1 over the refined defocus parameters
+    (L the misfit at the optimum, M the number of data values, H the misfit's Hessian), carried
+    to every image's defocus through the Jacobian.
     """
-    start = params.defocus.detach().clone()
+    scale = "defocus" in settings.refine
+    per_image = "defocus_per_image" in settings.refine
+    free = torch.arange(params.defocus.numel(), device=params.defocus.device) != params.reference
+    pieces = [params.defocus_scale.detach().reshape(1)] if scale else []
+    pieces += [params.defocus.detach()[free]] if per_image else []
+    start = torch.cat(pieces)
 
-    def misfit(raw):
-        return torch.mean((model(params, refine_shifts, params.defocus_nm(raw)) - data) ** 2)
+    def defocus(vector):
+        log_scale = vector[0] if scale else params.defocus_scale.detach()
+        raw = params.defocus.detach()
+        if per_image:
+            raw = raw.masked_scatter(free, vector[int(scale) :])
+        return params.defocus_nm(raw, log_scale)
 
-    hess = torch.autograd.functional.hessian(misfit, start).double().cpu().numpy()
-    loss = float(misfit(start).detach())
-    free = np.arange(len(start)) != params.reference
-    std = np.zeros(len(start))
-    h = hess[np.ix_(free, free)]
-    cov = np.linalg.pinv(h) * 2 * loss / data.numel()
-    std[free] = np.sqrt(np.clip(np.diag(cov), 0, None)) * params.defocus_unit_nm.cpu().numpy()[free]
-    return std
+    def misfit(vector):
+        return torch.mean((model(params, "shifts" in settings.refine, defocus(vector)) - data) ** 2)
+
+    hess = torch.autograd.functional.hessian(misfit, start).double()
+    jac = torch.autograd.functional.jacobian(defocus, start).double()
+    cov = torch.linalg.pinv(hess) * 2 * float(misfit(start).detach()) / data.numel()
+    return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()
 
 
 def reconstruct(
@@ -314,8 +347,8 @@ def reconstruct(
     log.info("noise %.4f, tv_weight %.3e, refine %s", noise, tv_weight, list(settings.refine))
 
     result = fit(model, params, data, settings, tv_weight, progress)
-    refine_shifts = "shifts" in settings.refine
-    std = _uncertainty(model, params, data, refine_shifts) if "defocus" in settings.refine else np.zeros(len(nominal))
+    refined_defocus = {"defocus", "defocus_per_image"} & set(settings.refine)
+    std = _uncertainty(model, params, data, settings) if refined_defocus else np.zeros(len(nominal))
     with torch.no_grad():
         return Reconstruction(
             phase=params.phase.cpu().numpy().astype(np.float32),
@@ -358,6 +391,7 @@ def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr
     nominal = ds["defocus_nominal_nm"].values
     result = reconstruct(ds["intensity"].values, nominal, ds.attrs["pixel_size_nm"], microscope, settings, progress)
     drift = np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1) + result.shifts_px
+    drift -= drift[int(np.argmin(np.abs(nominal)))]  # reported relative to the reference image
     out = xr.Dataset(
         {
             "phase": (("y", "x"), result.phase),

@@ -21,8 +21,8 @@ import xarray as xr
 from phasepipe import physics
 
 TEXTURES = ("vortex", "skyrmions", "stripes")
-GOLD_INNER_POTENTIAL_V = 30.0
-GOLD_ABSORPTION_MFP_NM = 40.0  # effective, objective-aperture scattering included
+PARTICLE_INNER_POTENTIAL_V = 10.0
+PARTICLE_ABSORPTION_MFP_NM = 60.0  # effective, objective-aperture scattering included
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class SeriesSpec:
     thickness_nm: float = 40.0
     mean_inner_potential_v: float = 20.0
     inelastic_mfp_nm: float = 120.0
-    n_particles: int = 8  # gold fiducial particles
+    n_particles: int = 8  # non-magnetic particles
+    island_frac: float = 0.0  # > 0: the film is a patterned disk of this radius (fraction of the field)
     seed: int = 0
     session: str = ""
     acquired: str = ""
@@ -68,6 +69,16 @@ def _smooth_noise(n: int, corr_px: float, rng: np.random.Generator) -> np.ndarra
     return (noise - noise.mean()) / noise.std()
 
 
+def _disk(n: int, radius_frac: float) -> np.ndarray:
+    """A patterned island: 1 inside, 0 outside, with a sloped edge.
+
+    Real patterned edges are sloped; a cliff steeper than about 1 rad/px would make the phase step
+    ambiguous by 2 pi.
+    """
+    y, x = _grid(n)
+    return 0.5 * (1 - np.tanh((np.hypot(y, x) - radius_frac * n) / 4.0))
+
+
 def vortex(n: int, rng: np.random.Generator, radius_frac: float = 0.36, core_px: float = 4.0):
     """A magnetic vortex in a disk: in-plane curl, vanishing at the core; support = the disk."""
     y, x = _grid(n)
@@ -78,12 +89,10 @@ def vortex(n: int, rng: np.random.Generator, radius_frac: float = 0.36, core_px:
     inplane = 1 - np.exp(-((r / core_px) ** 2))
     mx = -chirality * inplane * y / np.maximum(r, 1e-9)
     my = chirality * inplane * x / np.maximum(r, 1e-9)
-    # Patterned disks have sloped edges; a cliff steeper than ~1 rad/px would be ambiguous by 2 pi.
-    support = 0.5 * (1 - np.tanh((r - radius_frac * n) / 4.0))
-    return mx, my, support
+    return mx, my, _disk(n, radius_frac)
 
 
-def skyrmions(n: int, rng: np.random.Generator, cells: int = 6, island_frac: float = 0.0):
+def skyrmions(n: int, rng: np.random.Generator, cells: int = 6):
     """A Bloch skyrmion lattice (triple-q), with wave vectors commensurate with the grid."""
     y, x = _grid(n)
     b = int(round(cells * np.sqrt(3) / 2))
@@ -98,8 +107,7 @@ def skyrmions(n: int, rng: np.random.Generator, cells: int = 6, island_frac: flo
         mx += -ky / k * np.sin(arg)
         my += kx / k * np.sin(arg)
     norm = np.max(np.hypot(mx, my))
-    support = np.ones((n, n)) if island_frac <= 0 else 0.5 * (1 - np.tanh((np.hypot(y, x) - island_frac * n) / 4.0))
-    return mx / norm, my / norm, support
+    return mx / norm, my / norm, np.ones((n, n))
 
 
 def stripes(n: int, rng: np.random.Generator, periods: int = 5, wiggle: float = 0.12):
@@ -121,6 +129,8 @@ def exit_wave(spec: SeriesSpec, rng: np.random.Generator) -> tuple[np.ndarray, n
     """True exit wave: returns (psi, phase, amplitude) for the spec's texture."""
     n = spec.size_px
     mx, my, support = _texture(spec, rng)
+    if spec.island_frac > 0:
+        support = support * _disk(n, spec.island_frac)
     # Thickness: the film (or disk), with gentle roughness.
     thickness = spec.thickness_nm * support * (1 + 0.05 * _smooth_noise(n, 12.0, rng))
     # Gold fiducial particles, as used for alignment in practice: strongly absorbing, so they
@@ -131,13 +141,13 @@ def exit_wave(spec: SeriesSpec, rng: np.random.Generator) -> tuple[np.ndarray, n
         cy, cx = rng.uniform(-n / 2, n / 2, size=2)
         dy = (y - cy + n / 2) % n - n / 2
         dx = (x - cx + n / 2) % n - n / 2
-        radius = rng.uniform(2.5, 4.5)
+        radius = rng.uniform(1.5, 3.0)
         particles += 2 * np.sqrt(np.clip(radius**2 - dy**2 - dx**2, 0, None)) * spec.pixel_size_nm
     sigma = physics.interaction_constant(spec.voltage_kv * 1e3)
-    phase_e = sigma * (spec.mean_inner_potential_v * thickness + GOLD_INNER_POTENTIAL_V * particles)
+    phase_e = sigma * (spec.mean_inner_potential_v * thickness + PARTICLE_INNER_POTENTIAL_V * particles)
     phase_m = physics.magnetic_phase(mx, my, spec.thickness_nm * support, spec.b0_t, spec.pixel_size_nm)
     phase = phase_e + phase_m
-    amplitude = np.exp(-thickness / (2 * spec.inelastic_mfp_nm) - particles / (2 * GOLD_ABSORPTION_MFP_NM))
+    amplitude = np.exp(-thickness / (2 * spec.inelastic_mfp_nm) - particles / (2 * PARTICLE_ABSORPTION_MFP_NM))
     return amplitude * np.exp(1j * phase), phase, amplitude
 
 
@@ -231,45 +241,31 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
 
 
 def demo_campaign() -> list[SeriesSpec]:
-    """The built-in demo: two sessions whose lens calibrations are off in opposite directions."""
+    """The built-in demo: patterned islands of three magnetic textures, from two sessions whose
+    lens calibrations are off in opposite directions (true / nominal defocus 1.04 and 0.965)."""
     five = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
+    day1 = {"session": "2026-03-02", "calibration": 1.04, "defocus_nominal_nm": five, "drift_px": 0.0}
+    day2 = {"session": "2026-03-09", "calibration": 0.965, "defocus_nominal_nm": five, "drift_px": 0.0}
     return [
+        # Permalloy disk (Bs ~ 1 T): a vortex.
+        SeriesSpec("s01_vortex", "vortex", seed=1, acquired="2026-03-02T10:15:00", **day1),
+        # FeGe-like island (Bs ~ 0.45 T): a skyrmion lattice.
         SeriesSpec(
-            "s01_vortex",
-            "vortex",
-            defocus_nominal_nm=five,
-            calibration=1.04,
-            seed=1,
-            session="2026-03-02",
-            acquired="2026-03-02T10:15:00",
+            "s02_skyrmions", "skyrmions", seed=2, b0_t=0.45, island_frac=0.42, acquired="2026-03-02T14:40:00", **day1
         ),
+        # Stripe domains in an island of the same material.
         SeriesSpec(
-            "s02_skyrmions",
-            "skyrmions",
-            defocus_nominal_nm=five,
-            calibration=1.04,
-            seed=2,
-            session="2026-03-02",
-            acquired="2026-03-02T14:40:00",
+            "s03_stripes", "stripes", seed=3, b0_t=0.45, island_frac=0.42, acquired="2026-03-09T09:05:00", **day2
         ),
-        SeriesSpec(
-            "s03_stripes",
-            "stripes",
-            defocus_nominal_nm=five,
-            calibration=0.965,
-            seed=3,
-            session="2026-03-09",
-            acquired="2026-03-09T09:05:00",
-        ),
+        # A second vortex disk, larger and of a weaker ferromagnet.
         SeriesSpec(
             "s04_vortex",
             "vortex",
-            defocus_nominal_nm=five,
-            calibration=0.965,
             seed=4,
-            session="2026-03-09",
+            b0_t=0.8,
             acquired="2026-03-09T11:30:00",
-            extra={"radius_frac": 0.3},
+            extra={"radius_frac": 0.42},
+            **day2,
         ),
     ]
 
