@@ -11,6 +11,7 @@ import csv
 import glob
 import hashlib
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -51,11 +52,17 @@ class SeriesRow:
         for part in (p.strip() for p in self.files.split(";")):
             if not part:
                 continue
-            pattern = str(self.sheet_dir / part)
-            matches = sorted(glob.glob(pattern), key=_natural_key) if glob.has_magic(part) else [pattern]
+            if glob.has_magic(part):
+                # Only the sheet's own entry is a pattern: the folder it lives in is taken literally.
+                pattern = str(Path(glob.escape(str(self.sheet_dir))) / part)
+                matches = sorted(glob.glob(pattern), key=_natural_key)
+            else:
+                matches = [str(self.sheet_dir / part)]
             if not matches:
                 raise InputError(f"series {self.series}: no file matches {part!r}")
             paths.extend(Path(m) for m in matches)
+        if not paths:
+            raise InputError(f"series {self.series}: the files column names no file: {self.files!r}")
         return paths
 
 
@@ -85,6 +92,8 @@ def read_sheet(path: str | Path) -> list[SeriesRow]:
         rows = []
         seen: dict[str, int] = {}
         for line, raw in enumerate(reader, start=2):
+            if None in raw:  # csv puts fields beyond the header under the key None
+                raise InputError(f"series sheet {path}, line {line}: more fields than the header has columns")
             raw = {k: (v or "").strip() for k, v in raw.items()}
             sid = raw["series"]
             if not SERIES_ID.match(sid):
@@ -102,6 +111,8 @@ def read_sheet(path: str | Path) -> list[SeriesRow]:
             defocus = tuple(_number(v, sid, "defocus_nm") for v in raw["defocus_nm"].split(",") if v.strip())
             if not defocus:
                 raise InputError(f"series sheet {path}, line {line}: series {sid}: empty defocus_nm")
+            if not all(math.isfinite(d) for d in defocus):
+                raise InputError(f"series sheet {path}, line {line}: series {sid}: defocus_nm must be finite numbers")
             pixel = raw.get("pixel_size_nm", "")
             pixel_size = _number(pixel, sid, "pixel_size_nm") if pixel else None
             if pixel_size is not None and not pixel_size > 0:
@@ -141,23 +152,30 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def read_tiff(path: Path) -> tuple[np.ndarray, float | None, dict]:
-    """Image data, pixel size in nm (None if uncalibrated) and metadata of a TIFF file."""
+def read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
+    """Image data, pixel size (y, x) in nm (None if uncalibrated) and metadata of a TIFF file."""
     with tifffile.TiffFile(path) as tif:
         data = tif.asarray()
         meta = tif.imagej_metadata or {}
         page = tif.pages[0]
-        unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
-        res = page.tags.get("XResolution")
-        pixel = None
-        if res is not None and unit in UNIT_TO_NM:
-            num, den = res.value
-            if num > 0 and den > 0:
-                pixel = den / num * UNIT_TO_NM[unit]
+        unit = str(meta.get("unit", "")).strip().lower()
+        expected = int(meta.get("images", 1))
+        resolution = [page.tags.get(name) for name in ("YResolution", "XResolution")]
+    frames = data.shape[0] if data.ndim == 3 else 1
+    if frames < expected:
+        # tifffile falls back to the pages it can read: a short stack is a damaged file.
+        raise InputError(f"file {path} is truncated or corrupt: {frames} of {expected} images readable")
+    pixel = None
+    if unit in UNIT_TO_NM and all(tag is not None for tag in resolution):
+        sizes = []
+        for tag in resolution:
+            num, den = tag.value
+            sizes.append(den / num * UNIT_TO_NM[unit] if num > 0 and den > 0 else float("nan"))
+        pixel = (sizes[0], sizes[1])
     return data, pixel, {"format": "TIFF", "unit": unit}
 
 
-def read_images(paths: list[Path], series: str) -> tuple[np.ndarray, float | None, dict]:
+def read_images(paths: list[Path], series: str) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
     """Stack (n, y, x) float32 from one 3-D file or several 2-D files, and the pixel size in nm."""
     stacks, pixels, meta = [], [], {}
     for path in paths:
@@ -165,6 +183,8 @@ def read_images(paths: list[Path], series: str) -> tuple[np.ndarray, float | Non
             raise InputError(f"series {series}: file {path} does not exist")
         try:
             data, pixel, meta = read_tiff(path)
+        except InputError as exc:
+            raise InputError(f"series {series}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file to the user
             raise InputError(f"series {series}: file {path} cannot be read as TIFF: {exc}") from exc
         if data.ndim == 2:
@@ -194,9 +214,16 @@ def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
         raise InputError(f"{where}: {stack.shape[0]} images but {len(row.defocus_nm)} defocus values")
     if not np.all(np.isfinite(stack)):
         raise InputError(f"{where}: {int(np.sum(~np.isfinite(stack)))} NaN or infinite pixels")
-    pixel_size = row.pixel_size_nm if row.pixel_size_nm is not None else pixel
-    if pixel_size is None or not pixel_size > 0:
+    if row.pixel_size_nm is not None:
+        pixel_size = row.pixel_size_nm
+    elif pixel is None or not (pixel[0] > 0 and pixel[1] > 0):
         raise InputError(f"{where}: no usable pixel calibration in the files; give pixel_size_nm in the sheet")
+    elif not math.isclose(pixel[0], pixel[1], rel_tol=1e-4):
+        raise InputError(
+            f"{where}: non-square pixels ({pixel[0]:g} x {pixel[1]:g} nm); give pixel_size_nm in the sheet if intended"
+        )
+    else:
+        pixel_size = pixel[1]
     microscope = {**microscope_defaults, **row.microscope}
     n, h, w = stack.shape
     ds = xr.Dataset(

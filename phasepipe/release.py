@@ -61,12 +61,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def input_checksums(stores: list[Path]) -> dict[str, dict[str, str]]:
-    """sha256 of every source file, per series, as recorded at ingestion."""
+def input_checksums(stores: list[Path]) -> dict[str, dict]:
+    """Per series: the sha256 of every source file, as recorded at ingestion, and the sheet's
+    values for it (nominal defocus, pixel size, microscope), so an edited sheet is other input."""
     sums = {}
     for path in stores:
-        attrs = io.open_store(path).attrs
-        sums[attrs["series"]] = json.loads(attrs.get("source_files", "{}"))
+        ds = io.open_store(path)
+        sheet = {"microscope": ds.attrs.get("microscope"), "pixel_size_nm": ds.attrs.get("pixel_size_nm")}
+        if "defocus_nominal_nm" in ds:
+            sheet["defocus_nominal_nm"] = [float(v) for v in ds["defocus_nominal_nm"].values]
+        sums[ds.attrs["series"]] = {"files": json.loads(ds.attrs.get("source_files", "{}")), "sheet": sheet}
     return dict(sorted(sums.items()))
 
 

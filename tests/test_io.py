@@ -115,7 +115,6 @@ def test_read_sheet_refuses_bad_sheets(tmp_path, text, expected):
         assert part in message, f"{part!r} not in {message!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: read_sheet accepts 'nan'/'inf' as a defocus value (float() parses them)")
 def test_read_sheet_refuses_non_finite_defocus(tmp_path):
     """A defocus of nan or inf is not a number a microscope can be set to; the sheet is refused."""
     sheet = _sheet(tmp_path, f"{HEADER}\ns1|a.tif|nan,0,inf\n")
@@ -123,9 +122,6 @@ def test_read_sheet_refuses_non_finite_defocus(tmp_path):
         io.read_sheet(sheet)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a row with more fields than the header crashes with AttributeError, not InputError"
-)
 def test_read_sheet_refuses_a_row_with_extra_fields(tmp_path):
     """A row with a stray extra tab-separated field is bad input with a message, not a crash."""
     sheet = _sheet(tmp_path, f"{HEADER}\ns1|a.tif|-1,0,1|oops\n")
@@ -162,9 +158,6 @@ def test_paths_glob_without_match_names_the_series(tmp_path):
         _row(tmp_path, "nothing*.tif").paths()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: SeriesRow.paths globs the sheet's folder too, so a folder named 'run[1]' matches nothing"
-)
 def test_paths_glob_in_a_folder_with_brackets(tmp_path):
     """Only the sheet's files column is a pattern; its folder name is taken literally."""
     folder = tmp_path / "run[1]"
@@ -299,11 +292,6 @@ def test_ingest_refuses_a_truncated_stack(tmp_path, images):
     _refusal(_row(tmp_path, "stack.tif"), "series s1", "stack.tif")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: tifffile falls back to the first page of a truncated ImageJ stack; ingest then reports "
-    "'1 images but 3 defocus values' instead of a damaged file",
-)
 def test_ingest_truncated_stack_message_says_the_file_is_damaged(tmp_path, images):
     """The message for a truncated stack says what is wrong: the file is truncated or corrupt."""
     simulate.write_tiff_series(tmp_path / "stack.tif", images, 5.0)
@@ -321,7 +309,6 @@ def test_ingest_refuses_an_uncalibrated_tiff_without_sheet_pixel_size(tmp_path, 
     assert float(ds["y"][1] - ds["y"][0]) == pytest.approx(4.0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: read_tiff uses XResolution only; a non-square calibration passes")
 def test_ingest_refuses_non_square_pixels(tmp_path, images):
     """SPEC 'Bad input': a non-square pixel calibration (5 nm x 6 nm) is refused."""
     tifffile.imwrite(
@@ -334,7 +321,6 @@ def test_ingest_refuses_non_square_pixels(tmp_path, images):
     _refusal(_row(tmp_path, "rect.tif"), "series s1", "rect.tif")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: files ';' gives no paths and np.concatenate raises a bare ValueError")
 def test_ingest_refuses_a_file_list_without_files(tmp_path):
     """files = ';' names no file: InputError (the CLI only turns InputError into a failed store)."""
     with pytest.raises(io.InputError, match="series s1"):
