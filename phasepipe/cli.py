@@ -144,12 +144,16 @@ def cmd_release(args: argparse.Namespace) -> None:
 def cmd_releases(args: argparse.Namespace) -> None:
     from phasepipe import release
 
+    print("\t".join(release.INDEX_COLUMNS))
     for row in release.list_releases(Path(args.releases)):
-        print("\t".join(str(v) for v in row.values()))
+        print("\t".join(row[c] for c in release.INDEX_COLUMNS))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phasepipe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="phasepipe",
+        description="Differentiable phase retrieval of Lorentz TEM through-focus series: the workflow's stages.",
+    )
     parser.add_argument("--version", action="version", version=f"phasepipe {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import xarray as xr
+from scipy import ndimage
 
 from phasepipe import physics
 from phasepipe.tie import tie_phase
@@ -168,6 +169,16 @@ class ForwardModel:
         intensity = physics.image_intensities(params.wave(), self.transfer(params, defocus_nm), ramp)
         # Mean-normalised: exposure and the envelopes' loss of mean intensity drop out.
         return intensity / intensity.mean(dim=(1, 2), keepdim=True)
+
+
+def remove_isolated_wraps(phase: np.ndarray) -> np.ndarray:
+    """Undo single pixels that sit a multiple of 2 pi away from their neighbourhood.
+
+    The model sees only exp(i phi), so such a pixel costs no misfit, and steep edges leave a few
+    behind; moving them by 2 pi k changes nothing in the images and removes the speckle.
+    """
+    local = ndimage.median_filter(phase, size=3, mode="wrap")
+    return phase - 2 * np.pi * np.round((phase - local) / (2 * np.pi))
 
 
 def total_variation(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -351,7 +362,7 @@ def reconstruct(
     std = _uncertainty(model, params, data, settings) if refined_defocus else np.zeros(len(nominal))
     with torch.no_grad():
         return Reconstruction(
-            phase=params.phase.cpu().numpy().astype(np.float32),
+            phase=remove_isolated_wraps(params.phase.cpu().numpy()).astype(np.float32),
             amplitude=params.log_amplitude.exp().cpu().numpy().astype(np.float32),
             tie_phase=tie.astype(np.float32),
             defocus_nm=params.defocus_nm().cpu().numpy(),

@@ -74,10 +74,12 @@ def input_checksums(stores: list[Path]) -> dict[str, dict]:
     return dict(sorted(sums.items()))
 
 
-def fingerprint(config: dict, inputs: dict) -> dict[str, str]:
-    """What makes a release what it is: software version, effective config, inputs."""
+def fingerprint(config: dict, inputs: dict) -> dict[str, str | None]:
+    """What makes a release what it is: software version (and git commit when known), effective
+    config and inputs."""
     return {
         "phasepipe": __version__,
+        "git_commit": git_commit(),
         "config_sha256": sha256_text(canonical_json(config)),
         "inputs_sha256": sha256_text(canonical_json(inputs)),
     }
@@ -87,26 +89,29 @@ def release_id(fp: dict[str, str]) -> str:
     return f"v{fp['phasepipe']}-{sha256_text(canonical_json(fp))[:12]}"
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Mirror ``src`` into ``dst`` with hard links (a copy where the file system cannot link)."""
-    for root, _, files in os.walk(src):
-        target = dst / Path(root).relative_to(src)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            if name == ".snakemake_timestamp":  # Snakemake's bookkeeping, not part of the data
-                continue
-            try:
-                os.link(Path(root) / name, target / name)
-            except OSError:
-                shutil.copy2(Path(root) / name, target / name)
+def release_files(aggregate_dir: Path, stores: list[Path]) -> dict[str, Path]:
+    """Every file of a release but its manifest: path in the release -> source file."""
+    files = {item: aggregate_dir / item for item in ("parameters.csv", "series_summary.csv", "campaign_summary.json")}
+    sources = [(aggregate_dir / "figures", "figures")]
+    sources += [(store, f"series/{io.open_store(store).attrs['series']}.zarr") for store in stores]
+    for top, prefix in sources:
+        for path in sorted(top.rglob("*")):
+            if path.is_file() and path.name != ".snakemake_timestamp":  # Snakemake's bookkeeping
+                files[f"{prefix}/{path.relative_to(top)}"] = path
+    return files
 
 
-def _file_checksums(top: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(top)): io.sha256_file(p)
-        for p in sorted(top.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
-    }
+def _file_checksums(files: dict[str, Path]) -> dict[str, str]:
+    return {name: io.sha256_file(path) for name, path in sorted(files.items())}
+
+
+def _place(source: Path, target: Path) -> None:
+    """Hard link (no copy of large arrays); a copy where the file system cannot link."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -134,39 +139,41 @@ def publish(aggregate_dir: Path, stores: list[Path], releases_dir: Path, name: s
     rid = release_id(fp) if name == "auto" else name
     if not io.SERIES_ID.match(rid):
         raise ReleaseError(f"release name {rid!r} is not allowed (letters, digits, '_', '.', '-')")
+    files = release_files(aggregate_dir, stores)
+    outputs = _file_checksums(files)
     final = releases_dir / rid
     if final.exists():
         manifest = json.loads((final / "manifest.json").read_text())
-        if manifest.get("fingerprint") == fp:
-            log.info("release %s already published with the same config and inputs; nothing to do", rid)
-            _update_catalog(releases_dir, rid, manifest)
-            return rid
-        raise ReleaseError(
-            f"release {rid} already exists with a different config or inputs "
-            f"(config sha256 {manifest.get('fingerprint', {}).get('config_sha256', '?')[:12]} vs "
-            f"{fp['config_sha256'][:12]}); published releases are never modified: choose another name or 'auto'"
-        )
+        if manifest.get("fingerprint") != fp:
+            raise ReleaseError(
+                f"release {rid} already exists with a different config or inputs "
+                f"(config sha256 {manifest.get('fingerprint', {}).get('config_sha256', '?')[:12]} vs "
+                f"{fp['config_sha256'][:12]}); published releases are never modified: choose another name or 'auto'"
+            )
+        if manifest.get("outputs") != outputs:
+            raise ReleaseError(
+                f"release {rid} already exists with the same config and inputs but other results (was the "
+                "software changed without a new version or commit?); published releases are never modified: "
+                "choose another name"
+            )
+        log.info("release %s already published with the same config, inputs and results; nothing to do", rid)
+        _update_catalog(releases_dir, rid, manifest)
+        return rid
     releases_dir.mkdir(parents=True, exist_ok=True)
     tmp = releases_dir / f".tmp-{rid}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        tmp.mkdir(parents=True)
-        for item in ("parameters.csv", "series_summary.csv", "campaign_summary.json"):
-            shutil.copy2(aggregate_dir / item, tmp / item)
-        shutil.copytree(aggregate_dir / "figures", tmp / "figures")
-        for store in stores:
-            series = io.open_store(store).attrs["series"]
-            _link_tree(store, tmp / "series" / f"{series}.zarr")
+        for relative, source in files.items():
+            _place(source, tmp / relative)
         manifest = {
             "release": rid,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "fingerprint": fp,
-            "git_commit": git_commit(),
             "versions": package_versions(),
             "config": config,
             "inputs": inputs,
-            "outputs": _file_checksums(tmp),
+            "outputs": outputs,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         os.rename(tmp, final)  # atomic: the release appears whole

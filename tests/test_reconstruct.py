@@ -139,3 +139,15 @@ def test_reconstruction_beats_tie_and_refines_defocus():
     nominal_error = np.abs(np.array(FIVE)[outer] - true_df[outer])
     assert np.all(refined_error < 0.25 * nominal_error)
     assert np.all(result.defocus_std_nm[outer] > 0)
+
+
+def test_isolated_wraps_are_removed_without_changing_the_wave():
+    """A pixel 2 pi off its neighbourhood is moved back; exp(i phi) is unchanged to float precision."""
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(np.cumsum(0.01 * rng.standard_normal((32, 32)), 0), 1)
+    speckled = smooth.copy()
+    speckled[5, 7] += 2 * np.pi
+    speckled[20, 11] -= 4 * np.pi
+    fixed = reconstruct.remove_isolated_wraps(speckled)
+    np.testing.assert_allclose(fixed, smooth, atol=1e-12)
+    np.testing.assert_allclose(np.exp(1j * fixed), np.exp(1j * speckled), atol=1e-12)

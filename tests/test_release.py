@@ -182,11 +182,16 @@ def test_failed_publish_leaves_nothing(campaign, monkeypatch):
     old = release.publish(agg, stores, releases, "auto", CONFIG)
     before = _snapshot(releases)
 
-    def broken(top):
-        assert (top / "series" / "s1.zarr").is_dir()  # fails after the stores were linked in
-        raise OSError("disk full")
+    placed = []
+    place = release._place
 
-    monkeypatch.setattr(release, "_file_checksums", broken)
+    def broken(source, target):
+        if len(placed) == 5:  # fails after the tables and part of the stores were linked in
+            raise OSError("disk full")
+        placed.append(target)
+        place(source, target)
+
+    monkeypatch.setattr(release, "_place", broken)
     with pytest.raises(OSError, match="disk full"):
         release.publish(agg, stores, releases, "auto", OTHER_CONFIG)
     assert _snapshot(releases) == before
@@ -219,3 +224,18 @@ def test_explicit_name_with_other_sheet_values_is_refused(campaign):
     io.write_store(edited, stores[0])
     with pytest.raises(release.ReleaseError, match="nightly-1"):
         release.publish(agg, stores, releases, "nightly-1", CONFIG)
+
+
+def test_same_fingerprint_with_other_results_is_refused(campaign):
+    """Unchanged config and inputs but different results (code changed in place): refused, release intact."""
+    agg, stores, releases = campaign
+    rid = release.publish(agg, stores, releases, "nightly-2", CONFIG)
+    before = _snapshot(releases)
+    original = (agg / "parameters.csv").read_bytes()
+    try:
+        (agg / "parameters.csv").write_bytes(original + b"extra,row\n")
+        with pytest.raises(release.ReleaseError, match="other results"):
+            release.publish(agg, stores, releases, rid, CONFIG)
+    finally:
+        (agg / "parameters.csv").write_bytes(original)
+    assert _snapshot(releases) == before
