@@ -105,13 +105,21 @@ def _file_checksums(files: dict[str, Path]) -> dict[str, str]:
     return {name: io.sha256_file(path) for name, path in sorted(files.items())}
 
 
-def _place(source: Path, target: Path) -> None:
-    """Hard link (no copy of large arrays); a copy where the file system cannot link."""
+def _place(source: Path, target: Path, link: bool) -> None:
+    """Put one file into a release, read-only.
+
+    Series stores (the large arrays) are hard-linked, never copied: the work area only ever
+    replaces stores whole, so a published link keeps its content, and the read-only mode guards
+    it against writes in place. Tables and figures are small and copied.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if not link:
+            raise OSError("copy")
         os.link(source, target)
-    except OSError:
+    except OSError:  # a copy where asked for, or where the file system cannot link
         shutil.copy2(source, target)
+    os.chmod(target, 0o444)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -165,7 +173,7 @@ def publish(aggregate_dir: Path, stores: list[Path], releases_dir: Path, name: s
         shutil.rmtree(tmp)
     try:
         for relative, source in files.items():
-            _place(source, tmp / relative)
+            _place(source, tmp / relative, link=relative.startswith("series/"))
         manifest = {
             "release": rid,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -176,6 +184,7 @@ def publish(aggregate_dir: Path, stores: list[Path], releases_dir: Path, name: s
             "outputs": outputs,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp / "manifest.json", 0o444)
         os.rename(tmp, final)  # atomic: the release appears whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

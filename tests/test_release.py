@@ -185,11 +185,11 @@ def test_failed_publish_leaves_nothing(campaign, monkeypatch):
     placed = []
     place = release._place
 
-    def broken(source, target):
+    def broken(source, target, link):
         if len(placed) == 5:  # fails after the tables and part of the stores were linked in
             raise OSError("disk full")
         placed.append(target)
-        place(source, target)
+        place(source, target, link)
 
     monkeypatch.setattr(release, "_place", broken)
     with pytest.raises(OSError, match="disk full"):
