@@ -61,7 +61,7 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     return c, c.T
 
 
-def _smooth_noise(n: int, corr_px: float, rng: np.random.Generator) -> np.ndarray:
+def smooth_noise(n: int, corr_px: float, rng: np.random.Generator) -> np.ndarray:
     """Periodic Gaussian-correlated noise with unit standard deviation."""
     qy, qx = physics.frequency_grid((n, n), 1.0)
     spectrum = np.fft.fft2(rng.standard_normal((n, n))) * np.exp(-2 * (np.pi * corr_px) ** 2 * (qx**2 + qy**2))
@@ -132,7 +132,7 @@ def exit_wave(spec: SeriesSpec, rng: np.random.Generator) -> tuple[np.ndarray, n
     if spec.island_frac > 0:
         support = support * _disk(n, spec.island_frac)
     # Thickness: the film (or disk), with gentle roughness.
-    thickness = spec.thickness_nm * support * (1 + 0.05 * _smooth_noise(n, 12.0, rng))
+    thickness = spec.thickness_nm * support * (1 + 0.05 * smooth_noise(n, 12.0, rng))
     # Gold fiducial particles, as used for alignment in practice: strongly absorbing, so they
     # show in focus too, and the same in under- and overfocus (unlike magnetic contrast).
     y, x = _grid(n)

@@ -4,27 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from phasepipe import physics
+from phasepipe import physics, simulate
 
 PIXEL_NM = 5.0
 LAMBDA_200KV = physics.wavelength_nm(200e3)
 CS_NM = 1e6  # 1 mm
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def smooth_field(n: int, corr_px: float, rng: np.random.Generator) -> np.ndarray:
     """Periodic Gaussian-correlated random field, zero mean and unit peak magnitude."""
-    qy, qx = physics.frequency_grid((n, n), 1.0)
-    spectrum = np.fft.fft2(rng.standard_normal((n, n))) * np.exp(-2 * (np.pi * corr_px) ** 2 * (qx**2 + qy**2))
-    field = np.fft.ifft2(spectrum).real
-    field -= field.mean()
+    field = simulate.smooth_noise(n, corr_px, rng)
     return field / np.abs(field).max()
 
 

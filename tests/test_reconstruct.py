@@ -4,25 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from phasepipe import metrics, physics, reconstruct, simulate
+from phasepipe import metrics, reconstruct, simulate
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 PIXEL_NM = 5.0
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def smooth_field(n: int, corr_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Periodic Gaussian-correlated random field with unit peak magnitude."""
-    qy, qx = physics.frequency_grid((n, n), 1.0)
-    spectrum = np.fft.fft2(rng.standard_normal((n, n))) * np.exp(-2 * (np.pi * corr_px) ** 2 * (qx**2 + qy**2))
-    field = np.fft.ifft2(spectrum).real
+    """Periodic Gaussian-correlated random field, zero mean and unit peak magnitude."""
+    field = simulate.smooth_noise(n, corr_px, rng)
     return field / np.abs(field).max()
 
 

@@ -57,6 +57,15 @@ def test_schema_refuses_bad_config_naming_the_key(tmp_path, config, key):
     assert key in result.stdout
 
 
+def test_bad_sheet_is_refused_before_any_job(tmp_path):
+    """A sheet with a duplicate series id stops the run at once, naming the id and the lines."""
+    sheet = tmp_path / "series.tsv"
+    sheet.write_text("series\tfiles\tdefocus_nm\na\ta.tif\t-1,0,1\na\tb.tif\t-1,0,1\n")
+    result = run_snakemake(tmp_path, {"series_sheet": str(sheet)}, "-n")
+    assert result.returncode != 0
+    assert "duplicate series id 'a' (first on line 2)" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory) -> Path:
     """Two good series of two sessions and one whose image count does not match its defocus list."""
