@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	snakemake --cores all
+	snakemake --cores all --workflow-profile workflow/profiles/default
 
 test: setup
 	pytest
