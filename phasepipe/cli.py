@@ -149,6 +149,26 @@ def cmd_releases(args: argparse.Namespace) -> None:
         print("\t".join(row[c] for c in release.INDEX_COLUMNS))
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from phasepipe import io
+
+    reports = [io.inspect_file(path) for path in args.files]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print("\t".join(("path", "format", "shape", "dtype", "pixel_size_nm", "problems")))
+        for r in reports:
+            shape = " x ".join(map(str, r["shape"])) if r["shape"] else "-"
+            pixel = " x ".join(f"{p:g}" for p in r["pixel_size_nm"]) if r["pixel_size_nm"] else "-"
+            problems = "; ".join(r["problems"]) if not r["error"] else "unusable"
+            print("\t".join((r["path"], r["format"], shape, r["dtype"] or "-", pixel, problems or "ok")))
+    bad = [r for r in reports if r["error"]]
+    for r in bad:
+        print(f"phasepipe inspect: {r['error']}", file=sys.stderr)
+    if bad:
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phasepipe",
@@ -203,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="{}", help="JSON of the effective config")
     p.add_argument("--out", required=True, help="file recording the published id")
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser(
+        "inspect", help="show what ingestion would see in image files (shape, dtype, calibration); writes nothing"
+    )
+    p.add_argument("files", nargs="+", help="image files (TIFF, DM3/DM4, EMD, MRC, ...)")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object per file")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("releases", help="list published releases")
     p.add_argument("--releases", default="results/releases", help="releases folder")
