@@ -412,6 +412,34 @@ def nonfinite_problem(data: np.ndarray) -> str | None:
     return f"{bad} NaN or infinite pixels" if bad else None
 
 
+def repair_outlier_pixels(stack: np.ndarray, threshold: float = 10.0) -> tuple[int, int]:
+    """Replace hot pixels and dead pixels (detector zeros) by the median of their 8 neighbours.
+
+    In place; returns the counts (hot, dead). A pixel is hot when it exceeds the median of its
+    neighbours by ``threshold`` robust standard deviations of its image; only pixels already far
+    above the image's level are examined, which keeps the cost at one pass over the data.
+    """
+    hot_total = dead_total = 0
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    for image in stack:
+        sample = image[:: max(1, image.shape[0] // 256), :: max(1, image.shape[1] // 256)]
+        level = float(np.median(sample))
+        spread = 1.4826 * float(np.median(np.abs(sample - level))) or float(np.std(sample)) or 1.0
+        dead = (image == 0) & (level > threshold * spread)
+        ys, xs = np.nonzero((image > level + threshold * spread) | dead)
+        if ys.size == 0:
+            continue
+        h, w = image.shape
+        neighbours = np.stack([image[(ys + dy) % h, (xs + dx) % w] for dy, dx in offsets], axis=1)
+        local = np.median(neighbours, axis=1)
+        hot = image[ys, xs] > local + threshold * spread
+        fix = hot | dead[ys, xs]
+        image[ys[fix], xs[fix]] = local[fix]
+        hot_total += int(np.sum(hot & ~dead[ys, xs]))
+        dead_total += int(np.sum(dead[ys, xs]))
+    return hot_total, dead_total
+
+
 def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
     """Read and validate one series into the ingested Dataset (raw intensities + settings)."""
     paths = row.paths()
@@ -427,6 +455,7 @@ def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
         raise InputError(f"{where}: {problem}")
     else:
         pixel_size = pixel[1]
+    hot, dead = repair_outlier_pixels(stack)
     microscope = {**microscope_defaults, **row.microscope}
     n, h, w = stack.shape
     ds = xr.Dataset(
@@ -442,6 +471,9 @@ def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
             "microscope": json.dumps(microscope, sort_keys=True),
             "source_files": json.dumps({_relative(p, row.sheet_dir): sha256_file(p) for p in paths}),
             "source_format": meta.get("format", ""),
+            "source_metadata": json.dumps({k: v for k, v in meta.items() if k != "format"}, sort_keys=True),
+            "hot_pixels_repaired": hot,
+            "dead_pixels_repaired": dead,
             "acquired": row.acquired,
             "session": row.session,
             "truth": str(row.sheet_dir / row.truth) if row.truth else "",
