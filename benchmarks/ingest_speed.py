@@ -88,8 +88,8 @@ def breakdown(row: io.SeriesRow, tiff: Path, store: Path) -> list[tuple[str, flo
     start = time.perf_counter()
     ds = io.ingest(row, MICROSCOPE)
     total = time.perf_counter() - start
-    parts.append(("io.ingest total", total))
     named = sum(seconds for label, seconds in parts if not label.startswith(" "))
+    parts.append(("io.ingest total", total))
     parts.append(("  of which not in the parts above", total - named))
     parts.append(("io.write_store", timed(lambda: io.write_store(ds, store))))
     return parts

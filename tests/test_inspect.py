@@ -222,3 +222,24 @@ def test_rsciio_meta_picks_voltage_magnification_exposure_and_time():
         "acquired": "2024-05-02T10:15:00",
         "title": "img",
     }
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_vendor_file_ingests(formats, name):
+    """Each file ingests as a series (pixel_size_nm from the sheet where the file has no usable
+    square calibration): float32 intensities of the file's shape, coordinates in nm."""
+    _, shape, _, pixel = EXPECTED[name]
+    square = pixel is not None and pixel[0] == pixel[1]
+    row = io.SeriesRow(
+        series="s1",
+        files=name,
+        defocus_nm=tuple(float(k) for k in range(shape[0])),
+        sheet_dir=formats,
+        pixel_size_nm=None if square else 2.5,
+    )
+    ds = io.ingest(row, DEFAULTS)
+    assert ds["intensity"].dtype == np.float32
+    assert list(ds["intensity"].shape) == shape
+    step = pixel[1] if square else 2.5
+    if shape[2] > 1:
+        assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(step)
