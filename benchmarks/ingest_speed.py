@@ -81,7 +81,7 @@ def breakdown(row: io.SeriesRow, tiff: Path, store: Path) -> list[tuple[str, flo
     parts: list[tuple[str, float]] = []
     start = time.perf_counter()
     stack, _, _ = io.read_images(row.paths(), row.series)
-    parts.append(("read_images (tifffile + astype float32 + concatenate)", time.perf_counter() - start))
+    parts.append(("read_images (tifffile, float32 stack)", time.perf_counter() - start))
     parts.append(("  of which tifffile.imread alone", timed(lambda: tifffile.imread(tiff))))
     parts.append(("nonfinite_problem (isfinite scan)", timed(lambda: io.nonfinite_problem(stack))))
     parts.append(("sha256_file", timed(lambda: io.sha256_file(tiff))))
@@ -150,8 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         ):
             print(f"  {label:<22}{median:>10.3f}{mb / median:>10.0f}   {', '.join(f'{t:.3f}' for t in runs)}")
         print(f"  ratio ingest / baseline = {ratio:.2f}   (target: ratio <= 2: {'met' if ratio <= 2 else 'NOT met'})")
-        print("breakdown of one ingest (parts timed separately):")
-        for label, seconds in breakdown(row, tiff, ingest_store):
+        print("breakdown of one ingest (parts timed separately, best of 2 passes):")
+        passes = [breakdown(row, tiff, ingest_store) for _ in range(2)]
+        for (label, first), (_, second) in zip(*passes, strict=True):
+            seconds = min(first, second)
             print(f"  {label:<56}{seconds:>8.3f} s")
     finally:
         if made_workdir and not args.keep:

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,7 +351,8 @@ def read_images(paths: list[Path], series: str) -> tuple[np.ndarray, tuple[float
         raise InputError(
             f"series {series}: images of different shapes {sorted(shapes)} in {', '.join(map(str, paths))}"
         )
-    stack = np.concatenate(stacks).astype(np.float32)
+    # One float32 array we may repair in place, copied only where the reader's array is not one.
+    stack = np.concatenate(stacks, dtype=np.float32) if len(stacks) > 1 else np.require(stacks[0], np.float32, "W")
     known = [p for p in pixels if p is not None]
     return stack, (known[0] if known else None), meta
 
@@ -408,8 +410,10 @@ def calibration_problem(pixel: tuple[float, float] | None) -> str | None:
 
 def nonfinite_problem(data: np.ndarray) -> str | None:
     """How many pixels are NaN or infinite (None when all are finite)."""
-    bad = int(np.sum(~np.isfinite(data))) if np.issubdtype(data.dtype, np.floating) else 0
-    return f"{bad} NaN or infinite pixels" if bad else None
+    if not np.issubdtype(data.dtype, np.floating) or np.isfinite(data).all():
+        return None
+    bad = int(np.sum(~np.isfinite(data)))
+    return f"{bad} NaN or infinite pixels"
 
 
 def repair_outlier_pixels(stack: np.ndarray, threshold: float = 10.0) -> tuple[int, int]:
@@ -417,33 +421,43 @@ def repair_outlier_pixels(stack: np.ndarray, threshold: float = 10.0) -> tuple[i
 
     In place; returns the counts (hot, dead). A pixel is hot when it exceeds the median of its
     neighbours by ``threshold`` robust standard deviations of its image; only pixels already far
-    above the image's level are examined, which keeps the cost at one pass over the data.
+    above the image's level (or exactly zero in a bright image) are examined, which keeps the cost
+    at one pass over the data.
     """
     hot_total = dead_total = 0
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
     for image in stack:
-        sample = image[:: max(1, image.shape[0] // 256), :: max(1, image.shape[1] // 256)]
+        h, w = image.shape
+        sample = image[:: max(1, h // 256), :: max(1, w // 256)]
         level = float(np.median(sample))
         spread = 1.4826 * float(np.median(np.abs(sample - level))) or float(np.std(sample)) or 1.0
-        dead = (image == 0) & (level > threshold * spread)
-        ys, xs = np.nonzero((image > level + threshold * spread) | dead)
-        if ys.size == 0:
+        flat = image.reshape(-1)
+        suspect = flat > level + threshold * spread
+        if level > threshold * spread:  # zeros are impossible counts only in a bright image
+            suspect |= flat == 0
+        candidates = np.flatnonzero(suspect)
+        if candidates.size == 0:
             continue
-        h, w = image.shape
-        neighbours = np.stack([image[(ys + dy) % h, (xs + dx) % w] for dy, dx in offsets], axis=1)
-        local = np.median(neighbours, axis=1)
-        hot = image[ys, xs] > local + threshold * spread
-        fix = hot | dead[ys, xs]
-        image[ys[fix], xs[fix]] = local[fix]
-        hot_total += int(np.sum(hot & ~dead[ys, xs]))
-        dead_total += int(np.sum(dead[ys, xs]))
+        ys, xs = np.divmod(candidates, w)
+        local = np.median(np.stack([image[(ys + dy) % h, (xs + dx) % w] for dy, dx in offsets], axis=1), axis=1)
+        values = flat[candidates]
+        dead = values == 0
+        hot = ~dead & (values > local + threshold * spread)
+        fix = hot | dead
+        flat[candidates[fix]] = local[fix]
+        hot_total += int(hot.sum())
+        dead_total += int(dead.sum())
     return hot_total, dead_total
 
 
 def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
     """Read and validate one series into the ingested Dataset (raw intensities + settings)."""
     paths = row.paths()
-    stack, pixel, meta = read_images(paths, row.series)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Checksums of the raw files are computed beside the decoding: hashlib releases the GIL.
+        checksums = pool.map(sha256_file, paths)
+        stack, pixel, meta = read_images(paths, row.series)
+        source_files = {_relative(p, row.sheet_dir): digest for p, digest in zip(paths, checksums, strict=True)}
     where = f"series {row.series} ({', '.join(str(p) for p in paths)})"
     if stack.shape[0] != len(row.defocus_nm):
         raise InputError(f"{where}: {stack.shape[0]} images but {len(row.defocus_nm)} defocus values")
@@ -469,7 +483,7 @@ def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
             "status": "ok",
             "pixel_size_nm": float(pixel_size),
             "microscope": json.dumps(microscope, sort_keys=True),
-            "source_files": json.dumps({_relative(p, row.sheet_dir): sha256_file(p) for p in paths}),
+            "source_files": json.dumps(source_files),
             "source_format": meta.get("format", ""),
             "source_metadata": json.dumps({k: v for k, v in meta.items() if k != "format"}, sort_keys=True),
             "hot_pixels_repaired": hot,
