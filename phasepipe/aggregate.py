@@ -129,7 +129,7 @@ def series_row(ds) -> dict:
 
 
 def campaign_summary(campaign: str, params: pd.DataFrame, summary: pd.DataFrame, threshold: float) -> dict:
-    """Statistics per session and for the whole campaign."""
+    """Statistics per session and for the whole campaign (``summary`` carries the outlier flags)."""
     ok = summary[summary["status"] == "ok"]
     defocused = params[params["defocus_nominal_nm"] != 0].merge(summary[["series", "session"]], on="series")
 
@@ -157,7 +157,7 @@ def campaign_summary(campaign: str, params: pd.DataFrame, summary: pd.DataFrame,
         str(name): block(defocused[defocused["session"] == name], ok[ok["session"] == name])
         for name in sorted(ok["session"].fillna("").unique())
     }
-    outliers = ok.loc[robust_outliers(ok["defocus_scale"], threshold), "series"].tolist() if len(ok) else []
+    outliers = ok.loc[ok["outlier"].astype(bool), "series"].tolist()
     return {
         "counts": {"series": int(len(summary)), "done": int(len(ok)), "failed": int((summary["status"] != "ok").sum())},
         "failed": summary.loc[summary["status"] != "ok", ["series", "error"]].to_dict("records"),
