@@ -70,26 +70,13 @@ def test_bad_sheet_is_refused_before_any_job(tmp_path):
 def campaign(tmp_path_factory) -> Path:
     """Two good series of two sessions and one whose image count does not match its defocus list."""
     top = tmp_path_factory.mktemp("campaign")
+    common = {"size_px": 48, "drift_px": 0.0}
     specs = [
         simulate.SeriesSpec(
-            "a1",
-            "vortex",
-            size_px=48,
-            calibration=1.03,
-            session="day1",
-            seed=1,
-            acquired="2026-01-01T10:00:00",
-            drift_px=0.0,
+            "a1", "vortex", calibration=1.03, session="day1", seed=1, acquired="2026-01-01T10:00:00", **common
         ),
         simulate.SeriesSpec(
-            "b1",
-            "stripes",
-            size_px=48,
-            calibration=0.97,
-            session="day2",
-            seed=2,
-            acquired="2026-01-02T10:00:00",
-            drift_px=0.0,
+            "b1", "stripes", calibration=0.97, session="day2", seed=2, acquired="2026-01-02T10:00:00", **common
         ),
     ]
     sheet = simulate.write_campaign(top / "raw", specs)
