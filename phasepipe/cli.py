@@ -144,9 +144,27 @@ def cmd_release(args: argparse.Namespace) -> None:
 def cmd_releases(args: argparse.Namespace) -> None:
     from phasepipe import release
 
-    print("\t".join(release.INDEX_COLUMNS))
-    for row in release.list_releases(Path(args.releases)):
-        print("\t".join(row[c] for c in release.INDEX_COLUMNS))
+    releases = Path(args.releases)
+    if args.action == "list":
+        print("\t".join(release.INDEX_COLUMNS))
+        for row in release.list_releases(releases):
+            print("\t".join(row[c] for c in release.INDEX_COLUMNS))
+        return
+    try:
+        diff = release.diff_releases(releases, args.a, args.b)
+    except release.ReleaseError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    if args.json:
+        print(json.dumps(diff, indent=2))
+        return
+    print(f"{diff['from']} -> {diff['to']}")
+    for key in ("added", "removed", "newly_failed"):
+        print(f"{key.replace('_', ' ')}: {', '.join(diff[key]) or '-'}")
+    print(f"moved beyond 2 sigma: {len(diff['moved'])}")
+    for m in diff["moved"]:
+        where = f"{m['series']} image {m['image']}"
+        print(f"  {where}: {m['parameter']} {m['from']:.6g} -> {m['to']:.6g} (sigma {m['sigma']:.3g})")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -231,8 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a JSON list, one object per file")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("releases", help="list published releases")
-    p.add_argument("--releases", default="results/releases", help="releases folder")
+    p = sub.add_parser("releases", help="list published releases, or compare two")
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the catalog (releases/index.csv)")
+    listing.add_argument("--releases", default="results/releases", help="releases folder")
+    compare = actions.add_parser("diff", help="series added, removed, failed; parameters moved beyond 2 sigma")
+    compare.add_argument("a", help="earlier release id")
+    compare.add_argument("b", help="later release id")
+    compare.add_argument("--releases", default="results/releases", help="releases folder")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_releases)
     return parser
 

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
+
 from phasepipe import __version__, io
 
 log = logging.getLogger(__name__)
@@ -224,3 +226,41 @@ def _update_catalog(releases_dir: Path, rid: str, manifest: dict) -> None:
         writer.writerows(rows)
     os.replace(tmp, releases_dir / "index.csv")
     _atomic_write(releases_dir / "LATEST", rid + "\n")
+
+
+def diff_releases(releases_dir: Path, a: str, b: str, sigmas: float = 2.0) -> dict:
+    """What changed from release ``a`` to ``b``: series added, removed and newly failed, and the
+    per-image defocus values that moved by more than ``sigmas`` combined standard deviations."""
+    import pandas as pd
+
+    def load(rid: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        folder = releases_dir / rid
+        if not (folder / "manifest.json").is_file():
+            raise ReleaseError(f"no published release {rid!r} in {releases_dir}")
+        return pd.read_csv(folder / "series_summary.csv"), pd.read_csv(folder / "parameters.csv")
+
+    (sum_a, par_a), (sum_b, par_b) = load(a), load(b)
+    status_a = dict(zip(sum_a["series"], sum_a["status"], strict=True))
+    status_b = dict(zip(sum_b["series"], sum_b["status"], strict=True))
+    both = par_a.merge(par_b, on=["series", "image"], suffixes=("_a", "_b"))
+    sigma = np.hypot(both["defocus_std_nm_a"], both["defocus_std_nm_b"])
+    change = (both["defocus_nm_b"] - both["defocus_nm_a"]).abs()
+    moved = both[change > sigmas * sigma]
+    return {
+        "from": a,
+        "to": b,
+        "added": sorted(set(status_b) - set(status_a)),
+        "removed": sorted(set(status_a) - set(status_b)),
+        "newly_failed": sorted(k for k, v in status_b.items() if v != "ok" and status_a.get(k, "ok") == "ok"),
+        "moved": [
+            {
+                "series": row.series,
+                "image": int(row.image),
+                "parameter": "defocus_nm",
+                "from": float(row.defocus_nm_a),
+                "to": float(row.defocus_nm_b),
+                "sigma": float(np.hypot(row.defocus_std_nm_a, row.defocus_std_nm_b)),
+            }
+            for row in moved.itertuples()
+        ],
+    }

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from phasepipe import __version__, io, release
+from phasepipe import __version__, cli, io, release
 
 CONFIG = {"campaign": "t", "release": "auto", "reconstruction": {"refine": ["defocus"], "iterations": 50}}
 OTHER_CONFIG = {**CONFIG, "reconstruction": {"refine": [], "iterations": 50}}
@@ -239,3 +239,33 @@ def test_same_fingerprint_with_other_results_is_refused(campaign):
     finally:
         (agg / "parameters.csv").write_bytes(original)
     assert _snapshot(releases) == before
+
+
+def test_diff_names_added_removed_failed_and_moved(tmp_path, capsys):
+    """releases diff: s3 added, s2 removed, s1 newly failed, and a defocus moved by 20 sigma is
+    flagged while one moved by 1 sigma is not; the command prints the same."""
+    releases = tmp_path / "releases"
+    tables = {
+        "r1": (
+            "series,status\ns1,ok\ns2,ok\ns4,ok\n",
+            "series,image,defocus_nm,defocus_std_nm\ns1,0,-1.6e6,100\ns4,0,-1.6e6,100\ns4,1,1.6e6,100\n",
+        ),
+        "r2": (
+            "series,status\ns1,failed\ns3,ok\ns4,ok\n",
+            "series,image,defocus_nm,defocus_std_nm\ns3,0,-1.6e6,100\ns4,0,-1.5972e6,100\ns4,1,1.60014e6,100\n",
+        ),
+    }
+    for rid, (summary, params) in tables.items():
+        (releases / rid).mkdir(parents=True)
+        (releases / rid / "manifest.json").write_text("{}")
+        (releases / rid / "series_summary.csv").write_text(summary)
+        (releases / rid / "parameters.csv").write_text(params)
+    diff = release.diff_releases(releases, "r1", "r2")
+    assert (diff["added"], diff["removed"], diff["newly_failed"]) == (["s3"], ["s2"], ["s1"])
+    assert [(m["series"], m["image"]) for m in diff["moved"]] == [("s4", 0)]
+    assert diff["moved"][0]["sigma"] == pytest.approx(100 * np.sqrt(2))
+    with pytest.raises(release.ReleaseError, match="no published release 'r3'"):
+        release.diff_releases(releases, "r1", "r3")
+    cli.main(["releases", "diff", "r1", "r2", "--releases", str(releases)])
+    out = capsys.readouterr().out
+    assert "added: s3" in out and "newly failed: s1" in out and "moved beyond 2 sigma: 1" in out
