@@ -121,6 +121,11 @@ def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campai
     assert {"phase", "amplitude", "tie_phase"} <= set(ds.data_vars)
     assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(5.0)
 
+    report = run_snakemake(tmp_path, config, "--report", "report.html")
+    assert report.returncode == 0, report.stdout[-2000:]
+    assert "Adding defocus_calibration.png" in report.stdout and "Adding series_summary.csv" in report.stdout
+    assert (tmp_path / "report.html").stat().st_size > 100_000
+
     second = run_snakemake(tmp_path, config)
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout

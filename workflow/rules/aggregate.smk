@@ -2,7 +2,12 @@ rule aggregate:
     input:
         expand(store("reconstructed", "{series}"), series=SERIES),
     output:
-        directory(str(WORK / "aggregate")),
+        report(
+            directory(str(WORK / "aggregate")),
+            patterns=["figures/{name}.png", "{table}.csv"],
+            caption="../report/aggregate.rst",
+            category="Campaign",
+        ),
     params:
         settings=as_json(config.get("aggregate", {})),
         campaign=config["campaign"],
