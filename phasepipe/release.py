@@ -170,9 +170,9 @@ def publish(aggregate_dir: Path, stores: list[Path], releases_dir: Path, name: s
         _update_catalog(releases_dir, rid, manifest)
         return rid
     releases_dir.mkdir(parents=True, exist_ok=True)
+    for stale in releases_dir.glob(f".tmp-{rid}-*"):  # left by a publish that was killed
+        shutil.rmtree(stale)
     tmp = releases_dir / f".tmp-{rid}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
         for relative, source in files.items():
             _place(source, tmp / relative, link=relative.startswith("series/"))

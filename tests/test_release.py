@@ -7,6 +7,9 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +272,35 @@ def test_diff_names_added_removed_failed_and_moved(tmp_path, capsys):
     cli.main(["releases", "diff", "r1", "r2", "--releases", str(releases)])
     out = capsys.readouterr().out
     assert "added: s3" in out and "newly failed: s1" in out and "moved beyond 2 sigma: 1" in out
+
+
+def test_killed_publish_leaves_no_release_and_is_cleaned_up(campaign, tmp_path):
+    """SIGKILL in the middle of a publish: no release appears, LATEST is unchanged, and the next
+    publish of the same release removes the killed one's temporary folder and completes."""
+    agg, stores, releases = campaign
+    old = release.publish(agg, stores, releases, "auto", CONFIG)
+    script = tmp_path / "slow_publish.py"
+    script.write_text(
+        "import sys, time, json\n"
+        "from pathlib import Path\n"
+        "from phasepipe import release\n"
+        "place = release._place\n"
+        "def slow(source, target, link):\n"
+        "    place(source, target, link)\n"
+        "    print('placed', flush=True)\n"
+        "    time.sleep(30)\n"
+        "release._place = slow\n"
+        f"release.publish(Path({str(agg)!r}), [Path(p) for p in {[str(s) for s in stores]!r}],"
+        f" Path({str(releases)!r}), 'auto', json.loads({json.dumps(json.dumps(OTHER_CONFIG))}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "placed"  # killed with the release half built
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_leftovers(releases)) == 1
+    assert sorted(p.name for p in releases.iterdir() if not p.name.startswith(".")) == sorted(
+        [old, "index.csv", "LATEST"]
+    )
+    assert (releases / "LATEST").read_text().strip() == old
+    new = release.publish(agg, stores, releases, "auto", OTHER_CONFIG)
+    assert _leftovers(releases) == [] and (releases / "LATEST").read_text().strip() == new != old
