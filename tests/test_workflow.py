@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -130,9 +131,35 @@ def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campai
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout
 
+    # A row appended to the sheet (nightly reduction) adds jobs for that series only.
+    with open(campaign, "a") as fh:
+        fh.write("a2\ta1.tif\t-1600000,0,1600000\tday1\t\t\n")
+    appended = run_snakemake(tmp_path, config, "-n")
+    assert appended.returncode == 0, appended.stdout[-2000:]
+    counts = dict(re.findall(r"^(ingest|align|reconstruct|aggregate|release)\s+(\d+)$", appended.stdout, re.M))
+    assert counts == {"ingest": "1", "align": "1", "reconstruct": "1", "aggregate": "1", "release": "1"}
+
     # Changing only an aggregation setting re-runs aggregation and release, no reconstruction.
+    lines = campaign.read_text().splitlines(keepends=True)
+    campaign.write_text("".join(lines[:-1]))  # the sheet as the release was made from
     dry = run_snakemake(tmp_path, {**config, "aggregate": {"outlier_z": 5.0}}, "-n", "--quiet", "rules")
     assert dry.returncode == 0, dry.stdout[-2000:]
     assert "aggregate" in dry.stdout and "release" in dry.stdout
     assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
     shutil.rmtree(tmp_path / "out" / "work")  # keep the tmp folder small
+
+
+@pytest.mark.integration
+def test_two_runs_give_byte_identical_tables(tmp_path, campaign):
+    """The same inputs and config, run twice from scratch, give byte-identical parameters.csv."""
+    config = {"series_sheet": str(campaign), "results_dir": "out", "campaign": "test", "reconstruction": FAST}
+    tables = []
+    for run in ("first", "second"):
+        workdir = tmp_path / run
+        workdir.mkdir()
+        result = run_snakemake(workdir, config)
+        assert result.returncode == 0, result.stdout[-2000:]
+        latest = (workdir / "out" / "releases" / "LATEST").read_text().strip()
+        tables.append((workdir / "out" / "releases" / latest / "parameters.csv").read_bytes())
+    assert tables[0] == tables[1]
+    assert tables[0].count(b"\n") == 7  # header and 3 images of each good series

@@ -32,7 +32,7 @@ def as_json(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def series_files(wildcards):
+def series_files(wildcards) -> list[str]:
     """A series' existing image files, so that edits to them re-run its ingestion.
 
     Missing files are not declared: ingestion reports them as that series' failure instead of
@@ -44,6 +44,23 @@ def series_files(wildcards):
         return [str(p) for p in ROWS[wildcards.series].paths() if p.is_file()]
     except io.InputError:
         return []
+
+
+def ingest_inputs(wildcards) -> dict:
+    """The demo's generated sheet (so that it is made first), or a series' image files.
+
+    A real sheet is not an input: appending rows to it must not re-run the series already
+    ingested. Each series depends on its own row instead, through :func:`sheet_row`.
+    """
+    return {"sheet": SHEET} if DEMO else {"files": series_files(wildcards)}
+
+
+def sheet_row(wildcards) -> str:
+    """A series' row of the sheet as canonical JSON: editing the row re-runs that series."""
+    if DEMO:
+        return ""
+    row = ROWS[wildcards.series]
+    return as_json({k: v for k, v in vars(row).items() if k != "sheet_dir"})
 
 
 def store(stage: str, series: str = "{series}") -> str:

@@ -1,15 +1,16 @@
 rule ingest:
     input:
-        sheet=SHEET,
-        files=series_files,
+        unpack(ingest_inputs),
     output:
         directory(store("ingested")),
     params:
+        sheet=SHEET,
+        row=sheet_row,
         microscope=as_json(config["microscope"]),
     log:
         str(LOGS / "ingest" / "{series}.log"),
     resources:
         mem_mb=4000,
     shell:
-        "phasepipe ingest --sheet {input.sheet} --series {wildcards.series}"
+        "phasepipe ingest --sheet {params.sheet:q} --series {wildcards.series}"
         " --microscope {params.microscope:q} --out {output} > {log} 2>&1"
