@@ -47,12 +47,20 @@ def calibration_fit(nominal_nm: np.ndarray, recovered_nm: np.ndarray) -> dict:
     recovered_nm = np.asarray(recovered_nm, float)
     n = nominal_nm.size
     if n < 2 or np.ptp(nominal_nm) == 0:
-        return {"n_images": int(n), "scale": None, "offset_nm": None, "scale_ci": None, "offset_nm_ci": None}
+        return {
+            "n_images": int(n),
+            "scale": None,
+            "scale_std": None,
+            "offset_nm": None,
+            "scale_ci": None,
+            "offset_nm_ci": None,
+        }
     fit = stats.linregress(nominal_nm, recovered_nm)
     t = stats.t.ppf(0.975, n - 2) if n > 2 else np.nan
     return {
         "n_images": int(n),
         "scale": float(fit.slope),
+        "scale_std": float(fit.stderr) if n > 2 else None,
         "offset_nm": float(fit.intercept),
         "scale_ci": [float(fit.slope - t * fit.stderr), float(fit.slope + t * fit.stderr)] if n > 2 else None,
         "offset_nm_ci": [
@@ -118,6 +126,7 @@ def series_row(ds) -> dict:
             "seconds": ds.attrs["seconds"],
             "acc_ad_vs_tie": metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values),
             "defocus_scale": fit.get("scale", np.nan),
+            "defocus_scale_std": fit.get("scale_std") if fit.get("scale_std") is not None else np.nan,
             "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
             "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),

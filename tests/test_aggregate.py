@@ -43,6 +43,7 @@ def test_calibration_fit_recovers_scale_and_offset():
     low, high = fit["scale_ci"]
     assert low < 1.04 < high
     assert high - low < 2e-4  # narrow: 21 points over 4 mm of defocus
+    assert fit["scale_std"] == pytest.approx((high - low) / (2 * 2.093), rel=1e-3)  # t(0.975, 19) = 2.093
     low, high = fit["offset_nm_ci"]
     assert low < 300.0 < high
     assert high - low < 500.0
@@ -54,6 +55,7 @@ def test_calibration_fit_exact_line_with_two_points():
     assert fit["scale"] == pytest.approx(0.96)
     assert fit["offset_nm"] == pytest.approx(0.0, abs=1e-6)
     assert fit["scale_ci"] is None
+    assert fit["scale_std"] is None
     assert fit["offset_nm_ci"] is None
 
 
@@ -68,6 +70,7 @@ def test_calibration_fit_degenerate(nominal, recovered):
     assert fit == {
         "n_images": len(nominal),
         "scale": None,
+        "scale_std": None,
         "offset_nm": None,
         "scale_ci": None,
         "offset_nm_ci": None,
