@@ -126,7 +126,15 @@ def series_row(ds) -> dict:
             "seconds": ds.attrs["seconds"],
             "acc_ad_vs_tie": metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values),
             "defocus_scale": fit.get("scale", np.nan),
-            "defocus_scale_std": fit.get("scale_std") if fit.get("scale_std") is not None else np.nan,
+            # The larger of the scatter about the fitted line and the fit's own curvature-based
+            # uncertainty (a lower bound: docs/physics.md); with one common calibration factor
+            # refined, the images lie on the line and only the latter is informative.
+            "defocus_scale_std": max(
+                fit.get("scale_std") or 0.0,
+                float(np.median(ds["defocus_std_nm"].values[defocused] / np.abs(nominal[defocused]))),
+            )
+            if defocused.sum() >= 2
+            else np.nan,
             "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
             "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
