@@ -1,10 +1,12 @@
 """Drift alignment of a through-focus series.
 
-Magnetic contrast inverts between under- and overfocus, so images are not registered on their raw
-intensity but on the magnitude of their band-passed gradient, which keeps its sign. Each image is
-registered to its neighbour in defocus (neighbours look most alike), with sub-pixel refinement by
-upsampled cross-correlation, and the chain is accumulated onto the reference image (the one
-nearest focus). Residual sub-pixel shifts can be refined later inside the reconstruction.
+Each image is registered to its neighbour in defocus towards the reference image (the one nearest
+focus), since neighbours look most alike, on band-passed images (small features such as particles
+and edges, not the broad magnetic contrast that inverts with the sign of defocus). The shift is
+the peak of the signed cross-correlation within a bounded window, refined to sub-pixel by a
+parabola. A link whose correlation after registration is below LOW_CONFIDENCE is not applied and
+is left to the reconstruction's ``shifts`` refinement. Lorentz deflection moves features between
+defocus levels, so these registrations are biased by up to about 1 px (docs/physics.md).
 """
 
 from __future__ import annotations

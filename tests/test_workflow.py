@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from phasepipe import simulate
+from phasepipe import io, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -118,7 +118,7 @@ def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campai
     for name in ("a1.png", "b1.png", "defocus_calibration.png", "parameter_trends.png"):
         assert (release / "figures" / name).stat().st_size > 10_000
 
-    ds = __import__("xarray").open_zarr(release / "series" / "a1.zarr", zarr_format=3, consolidated=False)
+    ds = io.open_store(release / "series" / "a1.zarr")
     assert {"phase", "amplitude", "tie_phase"} <= set(ds.data_vars)
     assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(5.0)
 
