@@ -138,6 +138,8 @@ def series_row(ds) -> dict:
             "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
             "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
+            "alignment_residual_px": ds.attrs.get("alignment_residual_px", np.nan),
+            "registration_confidence_min": float(ds["registration_confidence"].min()),
         }
     )
     if ds.attrs.get("truth"):

@@ -1,124 +1,277 @@
-"""Drift alignment of a through-focus series.
+"""Drift registration of a through-focus series.
 
-Each image is registered to its neighbour in defocus towards the reference image (the one nearest
-focus), since neighbours look most alike, on band-passed images (small features such as particles
-and edges, not the broad magnetic contrast that inverts with the sign of defocus). The shift is
-the peak of the signed cross-correlation within a bounded window, refined to sub-pixel by a
-parabola. A link whose correlation after registration is below LOW_CONFIDENCE is not applied and
-is left to the reconstruction's ``shifts`` refinement. Lorentz deflection moves features between
-defocus levels, so these registrations are biased by up to about 1 px (docs/physics.md).
+Between the images of a series the specimen drifts. Registration of Lorentz images is hard because contrast
+changes sign with defocus: phase contrast transfers as sin(chi) with chi = pi lambda df q^2, so
+between under- and overfocus (and between spatial frequencies on either side of a zero of the
+contrast transfer) the Fourier components of the same feature flip sign, while absorption contrast
+keeps its sign. A plain cross-correlation then locks onto the wrong features.
+
+The registration here is sign-invariant per spatial frequency. With ``C(q) = F[moving] conj(F[ref])``
+the cross-power spectrum, a drift ``d`` makes ``C = |C| s(q) exp(-2 pi i q d)`` with ``s = +-1``
+(contrast kept or inverted at that frequency). Squaring removes the sign:
+``C^2 / |C| = |C| exp(-4 pi i q d)``, whose inverse transform peaks at ``2 d``, whatever mix of kept
+and inverted contrast the two images hold. The peak is searched within a bounded window (periodic
+textures match themselves a period away) and refined to sub-pixel precision by a parabola through
+the peak, and iterated on the remainder after shifting the moving image back. The
+confidence of a registration is the height of that peak relative to the spectrum's total weight:
+the fraction of the cross-power consistent with one shift (1: every frequency agrees; noise: ~0).
+
+A series is registered pair by pair between images close in defocus (neighbours and next
+neighbours, which look most alike), and the drift of every image relative to the reference (the
+image nearest focus) is the weighted least-squares solution of all those pairs, so that one weak
+link does not carry its error down a chain; the pairs' disagreement with it is reported.
+
+What image registration cannot know: Lorentz deflection moves the features of a magnetic film
+between defocus levels by df times the local deflection angle, so a registration measures the drift
+plus a weighted mean of that deflection, in proportion to defocus (docs/physics.md). The residual is
+refined inside the reconstruction when ``shifts`` is in ``reconstruction.refine``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-from scipy import ndimage
+from scipy import fft, ndimage
 from skimage.filters import window
 
 log = logging.getLogger(__name__)
 
-LOW_CONFIDENCE = 0.65
-MAX_SHIFT_PX = 8  # largest drift searched between neighbouring images
+MAX_REFINEMENTS = 4  # registrations per pair: the first, then refinements of the remainder
+OUTLIER_PX = 1.0  # a pair further than this from the series' solution is left out
 
 
-def _prepared(image: np.ndarray, band_px: tuple[float, float] = (1.0, 4.0)) -> np.ndarray:
-    """Band-passed (difference of Gaussians) and windowed: what the cross-correlation compares.
+@dataclass(frozen=True)
+class AlignSettings:
+    """Registration settings (the ``align`` config section, see config/README.md)."""
 
-    The band keeps small, sharp features (particles, edges, defects), which look alike at every
-    defocus, and drops the broad magnetic contrast, which inverts between under- and overfocus.
+    max_shift_px: float = 16.0  # largest drift searched between two images of the series
+    lowpass_px: float = 1.0  # Gaussian low-pass (px) against pixel noise
+    taper: float = 0.25  # Tukey window: fraction of the field tapered at the edges
+    min_confidence: float = 0.15  # registrations below this are flagged and down-weighted
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where ``moving``'s content sits relative to ``reference`` (y, x px), and how sure that is."""
+
+    shift_px: np.ndarray
+    confidence: float
+    iterations: int = 1  # registrations made (the first and its refinements)
+
+
+def prepared_spectrum(image: np.ndarray, lowpass_px: float, taper: float) -> np.ndarray:
+    """Half spectrum (rfft2) of the mean-normalised, windowed and low-passed image.
+
+    The window keeps the field's edges (where drift brings in new content) out of the
+    correlation; the low-pass, a Gaussian applied in Fourier space, damps pixel noise.
     """
-    norm = image / image.mean()
-    band = ndimage.gaussian_filter(norm, band_px[0]) - ndimage.gaussian_filter(norm, band_px[1])
-    return band * window("hann", image.shape)
+    image = np.asarray(image, dtype=np.float32)
+    contrast = image / np.float32(image.mean()) - np.float32(1.0)
+    spectrum = fft.rfft2(contrast * window(("tukey", taper), image.shape).astype(np.float32), workers=-1)
+    if lowpass_px > 0:
+        qy = fft.fftfreq(image.shape[0]).astype(np.float32)[:, None]
+        qx = fft.rfftfreq(image.shape[1]).astype(np.float32)[None, :]
+        k = np.float32(-2 * (np.pi * lowpass_px) ** 2)
+        spectrum *= np.exp(k * qy**2) * np.exp(k * qx**2)
+    return spectrum
 
 
-def correlation_shift(reference: np.ndarray, moving: np.ndarray, max_shift_px: int) -> np.ndarray:
-    """Where ``moving``'s content sits relative to ``reference`` (y, x px), to sub-pixel precision.
+def _parabola_vertex(below: float, at: float, above: float) -> float:
+    """Offset (-0.5..0.5) of the vertex of the parabola through three equally spaced samples."""
+    curvature = below - 2 * at + above
+    return float(np.clip(0.5 * (below - above) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
 
-    The peak of the signed, periodic cross-correlation within +-``max_shift_px`` (a bounded
-    search: periodic textures match themselves a period away), refined by a parabola through the
-    peak and its neighbours.
+
+def register_spectra(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    shape: tuple[int, int],
+    max_shift_px: float,
+    sign_invariant: bool = True,
+) -> Registration:
+    """Register two prepared half spectra (see :func:`prepared_spectrum`) of images of ``shape``.
+
+    ``sign_invariant`` squares the cross-power spectrum (module docstring), so that contrast
+    inverted at some or all frequencies registers as well as kept contrast; without it, this is
+    the plain (signed) cross-correlation.
     """
-    cc = np.fft.ifft2(np.fft.fft2(moving) * np.conj(np.fft.fft2(reference))).real
-    offsets = np.arange(-max_shift_px, max_shift_px + 1)
-    window = cc[np.ix_(offsets % cc.shape[0], offsets % cc.shape[1])]
-    peak = np.unravel_index(np.argmax(window), window.shape)
+    cross = moving * np.conj(reference)
+    magnitude = np.abs(cross)
+    factor = 2 if sign_invariant else 1
+    spectrum = cross * cross / np.maximum(magnitude, np.finfo(magnitude.dtype).tiny) if sign_invariant else cross
+    surface = fft.irfft2(spectrum, s=shape, workers=-1)
+    # Bounded search: the correlation peak of a drift d sits at factor * d.
+    reach = int(np.ceil(factor * max_shift_px))
+    offsets = np.arange(-reach, reach + 1)
+    box = surface[np.ix_(offsets % shape[0], offsets % shape[1])]
+    iy, ix = np.unravel_index(np.argmax(box), box.shape)
+    # Sub-pixel: a parabola through the peak and its neighbours on each axis. Its bias vanishes
+    # for a peak at a whole pixel, which :func:`register_pair`'s iteration converges to.
+    y, x = offsets[iy] % shape[0], offsets[ix] % shape[1]
+    fy = _parabola_vertex(surface[y - 1, x], surface[y, x], surface[(y + 1) % shape[0], x])
+    fx = _parabola_vertex(surface[y, x - 1], surface[y, x], surface[y, (x + 1) % shape[1]])
+    position = np.array([offsets[iy] + fy, offsets[ix] + fx])
+    # Weight of every frequency once (Hermitian twins counted), as the inverse DFT counts it.
+    total = 2 * magnitude.sum() - magnitude[:, 0].sum() - (magnitude[:, -1].sum() if shape[1] % 2 == 0 else 0)
+    confidence = float(box[iy, ix] * shape[0] * shape[1] / total) if total > 0 else 0.0
+    return Registration(shift_px=position / factor, confidence=confidence)
+
+
+def register_pair(reference: np.ndarray, moving: np.ndarray, settings: AlignSettings | None = None) -> Registration:
+    """Drift of ``moving`` relative to ``reference`` (y, x px): sign-invariant, sub-pixel.
+
+    The window weighs both images alike only where their content coincides, so it pulls a
+    registration towards zero in proportion to the drift. The estimate is therefore iterated:
+    ``moving`` is shifted back by the current estimate (Fourier shift) and the small remainder is
+    registered again, until it is below 0.01 px.
+    """
+    s = settings or AlignSettings()
+    ref = prepared_spectrum(reference, s.lowpass_px, s.taper)
+    moving = np.asarray(moving, dtype=np.float32)
     shift = np.zeros(2)
-    for axis, p in enumerate(peak):
-        frac = 0.0
-        if 0 < p < len(offsets) - 1:
-            line = window[p - 1 : p + 2, peak[1]] if axis == 0 else window[peak[0], p - 1 : p + 2]
-            denom = line[0] - 2 * line[1] + line[2]
-            frac = 0.5 * (line[0] - line[2]) / denom if denom < 0 else 0.0
-        shift[axis] = offsets[p] + frac
-    return shift
+    iterations = 0
+    while iterations < MAX_REFINEMENTS:
+        iterations += 1
+        current = moving if not shift.any() else shift_image(moving, shift)
+        step = register_spectra(ref, prepared_spectrum(current, s.lowpass_px, s.taper), reference.shape, s.max_shift_px)
+        shift = shift + step.shift_px
+        if np.abs(step.shift_px).max() < 0.01:
+            break
+    return Registration(shift_px=shift, confidence=step.confidence, iterations=iterations)
 
 
-def register_pair(reference: np.ndarray, moving: np.ndarray, max_shift_px: int) -> tuple[np.ndarray, float]:
-    """Drift of ``moving`` relative to ``reference`` (y, x px) and a confidence in [-1, 1].
+def correlation_shift(reference: np.ndarray, moving: np.ndarray, max_shift_px: float) -> np.ndarray:
+    """Where ``moving`` sits relative to ``reference`` by the plain, signed cross-correlation.
 
-    The confidence is the normalised correlation of the band-passed images after registration.
+    For images of the same kind (a recovered phase against the true one), where an inverted copy
+    must not count as a match. No window: such fields are periodic.
     """
-    ref = _prepared(reference)
-    mov = _prepared(moving)
-    shift = correlation_shift(ref, mov, max_shift_px)
-    moved = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(mov), -shift)).real
-    confidence = float(np.corrcoef(ref.ravel(), moved.ravel())[0, 1])
-    return shift, confidence
+    ref = fft.rfft2(reference - reference.mean())
+    mov = fft.rfft2(moving - moving.mean())
+    return register_spectra(ref, mov, reference.shape, max_shift_px, sign_invariant=False).shift_px
+
+
+@dataclass(frozen=True)
+class SeriesRegistration:
+    """Drift of every image relative to the reference image, and how well it is known."""
+
+    shift_px: np.ndarray  # (N, 2) y, x: where each image's content sits; the reference's is 0
+    confidence: np.ndarray  # (N,) the best registration that places each image (reference: 1)
+    residual_px: float  # RMS disagreement of the pairwise registrations with the solution
+
+
+def shift_image(image: np.ndarray, shift_px) -> np.ndarray:
+    """The image moved by ``-shift_px`` (Fourier shift: exact for band-limited, periodic fields)."""
+    spectrum = ndimage.fourier_shift(fft.rfft2(image), -np.asarray(shift_px, float), n=image.shape[1])
+    return fft.irfft2(spectrum, s=image.shape).astype(image.dtype, copy=False)
+
+
+def apply_shifts(images: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
+    """Every image moved onto the reference by ``-shift`` (see :func:`shift_image`)."""
+    return np.stack([shift_image(image, shift) for image, shift in zip(images, shifts_px, strict=True)])
+
+
+def pairs_by_defocus(defocus_nm: np.ndarray, reach: int = 2) -> list[tuple[int, int]]:
+    """Image pairs (i, j) at most ``reach`` apart in defocus order: the ones that look alike."""
+    order = np.argsort(np.asarray(defocus_nm, float), kind="stable")
+    return [
+        (int(order[a]), int(order[b])) for a in range(len(order)) for b in range(a + 1, min(a + reach + 1, len(order)))
+    ]
+
+
+def solve_shifts(
+    n_images: int, pairs: list[tuple[int, int]], measured: np.ndarray, weights: np.ndarray, reference: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shifts (N, 2) with shift[j] - shift[i] ~ measured for every pair, shift[reference] = 0.
+
+    Weighted least squares over all pairs; returns the shifts and every pair's residual (px).
+    """
+    design = np.zeros((len(pairs), n_images))
+    for row, (i, j) in enumerate(pairs):
+        design[row, i] -= 1
+        design[row, j] += 1
+    free = [k for k in range(n_images) if k != reference]
+    w = np.sqrt(weights)[:, None]
+    solution, *_ = np.linalg.lstsq(design[:, free] * w, measured * w, rcond=None)
+    shifts = np.zeros((n_images, 2))
+    shifts[free] = solution
+    residual = np.linalg.norm(design @ shifts - measured, axis=1)
+    return shifts, residual
+
+
+def _connected(n_images: int, pairs: list[tuple[int, int]]) -> bool:
+    """Whether the pairs link every image to every other."""
+    reached = {0}
+    for _ in range(n_images):
+        reached |= {j for i, j in pairs if i in reached} | {i for i, j in pairs if j in reached}
+    return len(reached) == n_images
 
 
 def series_shifts(
-    images: np.ndarray, defocus_nm: np.ndarray, max_shift_px: int = MAX_SHIFT_PX
-) -> tuple[np.ndarray, np.ndarray]:
-    """Drift (N, 2) of every image relative to the reference, and each registration's confidence.
+    images: np.ndarray, defocus_nm: np.ndarray, settings: AlignSettings | None = None
+) -> SeriesRegistration:
+    """Drift of every image relative to the reference (the image nearest focus).
 
-    Every image is registered to its neighbour towards the reference (the image nearest focus)
-    in defocus, since neighbours look most alike, and the steps are accumulated. A link whose
-    confidence is below :data:`LOW_CONFIDENCE` is not trusted: its step is set to zero, with a
-    warning, and left to the reconstruction's shift refinement. Returned shifts say where each
-    image's content sits relative to the reference, so ``-shift`` aligns it.
+    Every pair of images at most two apart in defocus order is registered
+    (:func:`register_pair`), and the shifts are their least-squares solution, each pair weighted
+    by its confidence squared.
     """
+    s = settings or AlignSettings()
     df = np.asarray(defocus_nm, float)
+    n = len(images)
     reference = int(np.argmin(np.abs(df)))
-    shifts = np.zeros((len(images), 2))
-    confidence = np.ones(len(images))
-    for side in (df < df[reference], df > df[reference]):
-        chain = [reference, *np.where(side)[0][np.argsort(np.abs(df[side] - df[reference]))]]
-        for inner, outer in zip(chain[:-1], chain[1:], strict=False):
-            step, confidence[outer] = register_pair(images[inner], images[outer], max_shift_px)
-            if confidence[outer] < LOW_CONFIDENCE:
-                log.warning(
-                    "image %d: registration confidence %.2f is low; its drift is left to the reconstruction",
-                    outer,
-                    confidence[outer],
-                )
-                step = np.zeros(2)
-            shifts[outer] = shifts[inner] + step
-    return shifts, confidence
+    pairs = pairs_by_defocus(df)
+    if not pairs:
+        return SeriesRegistration(np.zeros((n, 2)), np.ones(n), 0.0)
+    registrations = [register_pair(images[i], images[j], s) for i, j in pairs]
+    measured = np.array([r.shift_px for r in registrations])
+    confidence = np.array([r.confidence for r in registrations])
+    weights = np.clip(confidence, 1e-3, None) ** 2
+    shifts, residual = solve_shifts(n, pairs, measured, weights, reference)
+    # A pair that disagrees with the others by more than OUTLIER_PX (a periodic texture matched a
+    # period away, features that differ too much between defocus levels) is dropped, worst first,
+    # while the remaining pairs still place every image.
+    while residual.max() > OUTLIER_PX:
+        worst = int(np.argmax(residual))
+        keep = weights > 0
+        keep[worst] = False
+        if not _connected(n, [p for p, k in zip(pairs, keep, strict=True) if k]):
+            break
+        log.info("pair %s disagrees with the others by %.2f px; left out", pairs[worst], residual[worst])
+        weights[worst] = 0.0
+        shifts, residual = solve_shifts(n, pairs, measured, weights, reference)
+        residual[weights == 0] = 0.0
+    per_image = np.zeros(n)
+    for (i, j), c in zip(pairs, confidence, strict=True):
+        per_image[[i, j]] = np.maximum(per_image[[i, j]], c)
+    per_image[reference] = 1.0
+    return SeriesRegistration(shifts, per_image, float(np.sqrt(np.mean(residual**2))))
 
 
-def apply_shifts(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Move every image by ``-shift`` (Fourier shift: exact for band-limited, periodic fields)."""
-    out = np.empty_like(images)
-    for k, (image, shift) in enumerate(zip(images, shifts, strict=True)):
-        out[k] = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(image), -shift)).real
-    return out
-
-
-def align_dataset(ds: xr.Dataset) -> xr.Dataset:
-    """The aligned series: intensities moved onto the reference, with the drift of every image."""
+def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.Dataset:
+    """The aligned series: intensities moved onto the reference image, with every image's drift."""
+    s = settings or AlignSettings()
     images = ds["intensity"].values
-    shifts, confidence = series_shifts(images, ds["defocus_nominal_nm"].values)
+    reg = series_shifts(images, ds["defocus_nominal_nm"].values, s)
     aligned = ds.copy()
-    aligned["intensity"] = (("image", "y", "x"), apply_shifts(images, shifts).astype(np.float32))
-    aligned["shift_y_px"] = (("image",), shifts[:, 0])
-    aligned["shift_x_px"] = (("image",), shifts[:, 1])
-    aligned["registration_confidence"] = (("image",), confidence)
-    low = [int(k) for k in np.where(confidence < LOW_CONFIDENCE)[0]]
+    aligned["intensity"] = (("image", "y", "x"), apply_shifts(images, reg.shift_px).astype(np.float32))
+    aligned["shift_y_px"] = (("image",), reg.shift_px[:, 0])
+    aligned["shift_x_px"] = (("image",), reg.shift_px[:, 1])
+    aligned["registration_confidence"] = (("image",), reg.confidence)
+    low = [int(k) for k in np.where(reg.confidence < s.min_confidence)[0]]
+    for k in low:
+        log.warning(
+            "%s image %d: registration confidence %.2f is below %.2f; check the alignment",
+            ds.attrs.get("series", ""),
+            k,
+            reg.confidence[k],
+            s.min_confidence,
+        )
     aligned.attrs["alignment_warning"] = (
-        f"low registration confidence for image(s) {low}: check the alignment" if low else ""
+        f"low registration confidence for image(s) {low} (below {s.min_confidence}): check the alignment" if low else ""
     )
+    aligned.attrs["alignment_residual_px"] = reg.residual_px
     return aligned

@@ -83,9 +83,10 @@ def cmd_align(args: argparse.Namespace) -> None:
 
     ds = io.open_store(args.input).load()
     if not io.is_failed(ds):
-        ds = align.align_dataset(ds)
+        ds = align.align_dataset(ds, align.AlignSettings(**json.loads(args.settings)))
         for k, (dy, dx) in enumerate(zip(ds["shift_y_px"].values, ds["shift_x_px"].values, strict=True)):
             log.info("image %d: drift (%.2f, %.2f) px, confidence %.2f", k, dy, dx, ds["registration_confidence"][k])
+        log.info("pairwise registrations agree with the solution within %.2f px RMS", ds.attrs["alignment_residual_px"])
     io.write_store(ds, args.out)
 
 
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("align", help="register the images of an ingested series")
     p.add_argument("--in", dest="input", required=True, help="ingested store")
     p.add_argument("--out", required=True, help="aligned store")
+    p.add_argument("--settings", default="{}", help="JSON of the config's 'align' section")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("reconstruct", help="fit phase and microscope parameters of an aligned series")

@@ -3,9 +3,11 @@ rule align:
         store("ingested"),
     output:
         directory(store("aligned")),
+    params:
+        settings=as_json(config["align"]),
     log:
         str(LOGS / "align" / "{series}.log"),
     resources:
         mem_mb=4000,
     shell:
-        "phasepipe align --in {input} --out {output} > {log} 2>&1"
+        "phasepipe align --in {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
