@@ -34,8 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-from scipy import fft, ndimage
-from skimage.filters import window
+from scipy import fft, ndimage, signal
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +64,20 @@ class Registration:
 def prepared_spectrum(image: np.ndarray, lowpass_px: float, taper: float) -> np.ndarray:
     """Half spectrum (rfft2) of the mean-normalised, windowed and low-passed image.
 
-    The window keeps the field's edges (where drift brings in new content) out of the
-    correlation; the low-pass, a Gaussian applied in Fourier space, damps pixel noise.
+    The window (separable Tukey) keeps the field's edges, where drift brings in new content, out
+    of the correlation; the low-pass, a Gaussian applied in Fourier space, damps pixel noise. Both
+    are applied axis by axis in place: no full-field temporaries on 4k images.
     """
     image = np.asarray(image, dtype=np.float32)
-    contrast = image / np.float32(image.mean()) - np.float32(1.0)
-    spectrum = fft.rfft2(contrast * window(("tukey", taper), image.shape).astype(np.float32), workers=-1)
+    contrast = image / np.float32(image.mean())
+    contrast -= np.float32(1.0)
+    contrast *= signal.windows.tukey(image.shape[0], taper).astype(np.float32)[:, None]
+    contrast *= signal.windows.tukey(image.shape[1], taper).astype(np.float32)[None, :]
+    spectrum = fft.rfft2(contrast, workers=-1)
     if lowpass_px > 0:
-        qy = fft.fftfreq(image.shape[0]).astype(np.float32)[:, None]
-        qx = fft.rfftfreq(image.shape[1]).astype(np.float32)[None, :]
-        k = np.float32(-2 * (np.pi * lowpass_px) ** 2)
-        spectrum *= np.exp(k * qy**2) * np.exp(k * qx**2)
+        k = -2 * (np.pi * lowpass_px) ** 2
+        spectrum *= np.exp(k * fft.fftfreq(image.shape[0]) ** 2).astype(np.float32)[:, None]
+        spectrum *= np.exp(k * fft.rfftfreq(image.shape[1]) ** 2).astype(np.float32)[None, :]
     return spectrum
 
 
@@ -101,7 +103,10 @@ def register_spectra(
     cross = moving * np.conj(reference)
     magnitude = np.abs(cross)
     factor = 2 if sign_invariant else 1
-    spectrum = cross * cross / np.maximum(magnitude, np.finfo(magnitude.dtype).tiny) if sign_invariant else cross
+    spectrum = cross
+    if sign_invariant:
+        spectrum = cross * cross
+        spectrum /= np.maximum(magnitude, np.finfo(magnitude.dtype).tiny)
     surface = fft.irfft2(spectrum, s=shape, workers=-1)
     # Bounded search: the correlation peak of a drift d sits at factor * d.
     reach = int(np.ceil(factor * max_shift_px))
