@@ -77,12 +77,12 @@ def test_series_drift_of_a_simulated_film_through_focus():
 
 def test_periodic_texture_mismatch_is_left_out():
     """A skyrmion lattice filling the field matches itself a lattice period away; the pair that
-    does so disagrees with the others and is dropped, leaving the series within 0.3 px."""
+    does so disagrees with the others and is dropped, leaving the series within 0.5 px."""
     images, df, truth = simulated(texture="skyrmions", b0_t=0.45, n_particles=20, seed=0)
     pairs = align.pairs_by_defocus(df)
     single = [align.register_pair(images[i], images[j]).shift_px - (truth[j] - truth[i]) for i, j in pairs]
     assert max(np.abs(e).max() for e in single) > 5  # some pair did lock onto the lattice
-    assert rms_error(align.series_shifts(images, df).shift_px, truth) < 0.3
+    assert rms_error(align.series_shifts(images, df).shift_px, truth) < 0.5
 
 
 def test_solve_shifts_is_exact_for_consistent_pairs_and_pins_the_reference():
