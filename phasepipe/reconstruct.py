@@ -108,10 +108,8 @@ class Parameters(torch.nn.Module):
         self.beam_divergence = torch.nn.Parameter(torch.tensor(math.log(microscope.beam_divergence_mrad * 1e-3)))
         self.defocus_spread = torch.nn.Parameter(torch.tensor(math.log(microscope.defocus_spread_nm)))
         self.shifts = torch.nn.Parameter(torch.zeros(n, 2, dtype=torch.float32))
-        basis = torch.stack([torch.ones(n, dtype=torch.float64), defocus_nm / defocus_nm.abs().max().clamp(min=1)], 1)
-        self.register_buffer(
-            "shift_projector", (torch.eye(n, dtype=torch.float64) - basis @ torch.linalg.pinv(basis)).float()
-        )
+        # A common shift of every image is a shift of the object: projected out of the refined shifts.
+        self.register_buffer("shift_projector", torch.eye(n) - torch.full((n, n), 1.0 / n))
 
     def defocus_nm(self, raw: torch.Tensor | None = None, log_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Physical defocus of every image (from ``raw`` and ``log_scale`` in place of the
@@ -132,9 +130,10 @@ class Parameters(torch.nn.Module):
         return self.defocus_spread.exp()
 
     def shifts_px(self) -> torch.Tensor:
-        # Two drift patterns are degenerate with the object and are projected out: a common shift
-        # of every image (a shift of the object) and a shift proportional to defocus (a phase
-        # ramp, i.e. a beam tilt, moves each image by an amount proportional to its defocus).
+        # A drift in proportion to defocus is what a beam tilt (a phase ramp) does. The periodic
+        # object holds no ramp other than whole cycles across the field, so this pattern is refined
+        # too: it puts the field's mean phase gradient into the drift, as registration does, and
+        # needs the align stage within half a cycle's shift (lambda df / field) of the truth.
         return self.shift_projector @ self.shifts
 
     def wave(self) -> torch.Tensor:

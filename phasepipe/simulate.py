@@ -242,10 +242,11 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
 
 def demo_campaign() -> list[SeriesSpec]:
     """The built-in demo: patterned islands of three magnetic textures, from two sessions whose
-    lens calibrations are off in opposite directions (true / nominal defocus 1.04 and 0.965)."""
+    lens calibrations are off in opposite directions (true / nominal defocus 1.04 and 0.965), with
+    the specimen drifting by 3 px rms between images."""
     five = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
-    day1 = {"session": "2026-03-02", "calibration": 1.04, "defocus_nominal_nm": five, "drift_px": 0.0}
-    day2 = {"session": "2026-03-09", "calibration": 0.965, "defocus_nominal_nm": five, "drift_px": 0.0}
+    day1 = {"session": "2026-03-02", "calibration": 1.04, "defocus_nominal_nm": five}
+    day2 = {"session": "2026-03-09", "calibration": 0.965, "defocus_nominal_nm": five}
     return [
         # Permalloy disk (Bs ~ 1 T): a vortex.
         SeriesSpec("s01_vortex", "vortex", seed=1, acquired="2026-03-02T10:15:00", **day1),
