@@ -207,11 +207,12 @@ def solve_shifts(
     return shifts, residual
 
 
-def _connected(n_images: int, pairs: list[tuple[int, int]]) -> bool:
-    """Whether the pairs link every image to every other."""
+def _still_connected(n_images: int, pairs: list[tuple[int, int]], weights: np.ndarray, drop: int) -> bool:
+    """Whether the pairs in use (weight > 0) other than ``drop`` still link every image to every other."""
+    linked = [p for k, p in enumerate(pairs) if weights[k] > 0 and k != drop]
     reached = {0}
     for _ in range(n_images):
-        reached |= {j for i, j in pairs if i in reached} | {i for i, j in pairs if j in reached}
+        reached |= {j for i, j in linked if i in reached} | {i for i, j in linked if j in reached}
     return len(reached) == n_images
 
 
@@ -235,25 +236,31 @@ def series_shifts(
     measured = np.array([r.shift_px for r in registrations])
     confidence = np.array([r.confidence for r in registrations])
     weights = np.clip(confidence, 1e-3, None) ** 2
+    # Pairs below min_confidence (nothing in common but noise) are left out, least confident first,
+    # and pairs that disagree with the others by more than OUTLIER_PX (a periodic texture matched a
+    # period away, features that differ too much between defocus levels) after them, worst first,
+    # each only while the remaining pairs still place every image.
+    for weakest in np.argsort(confidence):
+        if confidence[weakest] >= s.min_confidence:
+            break
+        if _still_connected(n, pairs, weights, weakest):
+            weights[weakest] = 0.0
     shifts, residual = solve_shifts(n, pairs, measured, weights, reference)
-    # A pair that disagrees with the others by more than OUTLIER_PX (a periodic texture matched a
-    # period away, features that differ too much between defocus levels) is dropped, worst first,
-    # while the remaining pairs still place every image.
+    residual[weights == 0] = 0.0
     while residual.max() > OUTLIER_PX:
         worst = int(np.argmax(residual))
-        keep = weights > 0
-        keep[worst] = False
-        if not _connected(n, [p for p, k in zip(pairs, keep, strict=True) if k]):
+        if not _still_connected(n, pairs, weights, worst):
             break
         log.info("pair %s disagrees with the others by %.2f px; left out", pairs[worst], residual[worst])
         weights[worst] = 0.0
         shifts, residual = solve_shifts(n, pairs, measured, weights, reference)
         residual[weights == 0] = 0.0
+    # An image is as well placed as the best registration that touches it, the reference too: a
+    # featureless in-focus image leaves every drift relative to it unknown.
     per_image = np.zeros(n)
     for (i, j), c in zip(pairs, confidence, strict=True):
         per_image[[i, j]] = np.maximum(per_image[[i, j]], c)
-    per_image[reference] = 1.0
-    return SeriesRegistration(shifts, per_image, float(np.sqrt(np.mean(residual**2))))
+    return SeriesRegistration(shifts, per_image, float(np.sqrt(np.mean(residual[weights > 0] ** 2))))
 
 
 def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.Dataset:

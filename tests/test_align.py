@@ -116,3 +116,20 @@ def test_bounded_search_of_the_signed_correlation():
     shift = align.correlation_shift(phase, np.roll(phase, 3, axis=0), 4)
     assert np.all(np.abs(shift) <= 4)
     np.testing.assert_allclose(shift, [3, 0], atol=0.02)
+
+
+def test_featureless_reference_is_flagged():
+    """The in-focus image of a pure phase object shows nothing but noise: its registrations are no
+    better than chance, so it is flagged, while the defocused images pair well with each other."""
+    rng = np.random.default_rng(2)
+    n = 256
+    psi = np.exp(1j * 0.15 * simulate.smooth_noise(n, 3.0, rng))
+    qy, qx = physics.frequency_grid((n, n), 5.0)
+    df = np.array(FIVE)
+    transfer = physics.transfer_function(
+        qx**2 + qy**2, df[:, None, None], physics.wavelength_nm(200e3), 1e6, 1e-5, 500.0
+    )
+    images = physics.image_intensities(psi, transfer) * (1 + 0.05 * rng.standard_normal((5, n, n)))
+    confidence = align.series_shifts(images, df).confidence
+    assert confidence[2] < align.AlignSettings().min_confidence
+    assert confidence[[0, 1, 3, 4]].min() > 0.8
