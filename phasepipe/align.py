@@ -1,7 +1,7 @@
 """Drift registration of a through-focus series.
 
-Between the images of a series the specimen drifts. Registration of Lorentz images is hard because contrast
-changes sign with defocus: phase contrast transfers as sin(chi) with chi = pi lambda df q^2, so
+Between the images of a series the specimen drifts. Registering Lorentz images is hard because
+contrast changes sign with defocus: phase contrast transfers as sin(chi), chi = pi lambda df q^2, so
 between under- and overfocus (and between spatial frequencies on either side of a zero of the
 contrast transfer) the Fourier components of the same feature flip sign, while absorption contrast
 keeps its sign. A plain cross-correlation then locks onto the wrong features.
@@ -12,14 +12,16 @@ the cross-power spectrum, a drift ``d`` makes ``C = |C| s(q) exp(-2 pi i q d)`` 
 ``C^2 / |C| = |C| exp(-4 pi i q d)``, whose inverse transform peaks at ``2 d``, whatever mix of kept
 and inverted contrast the two images hold. The peak is searched within a bounded window (periodic
 textures match themselves a period away) and refined to sub-pixel precision by a parabola through
-the peak, and iterated on the remainder after shifting the moving image back. The
-confidence of a registration is the height of that peak relative to the spectrum's total weight:
+the peak, iterated on the remainder after shifting the moving image back. The confidence of a
+registration is the height of that peak relative to the spectrum's total weight:
 the fraction of the cross-power consistent with one shift (1: every frequency agrees; noise: ~0).
 
 A series is registered pair by pair between images close in defocus (neighbours and next
 neighbours, which look most alike), and the drift of every image relative to the reference (the
 image nearest focus) is the weighted least-squares solution of all those pairs, so that one weak
-link does not carry its error down a chain; the pairs' disagreement with it is reported.
+link does not carry its error down a chain. Pairs with nothing but noise in common, and pairs that
+disagree with the rest, are left out while the others still place every image; the remaining
+pairs' disagreement with the solution is reported.
 
 What image registration cannot know: Lorentz deflection moves the features of a magnetic film
 between defocus levels by df times the local deflection angle, so a registration measures the drift
@@ -49,7 +51,7 @@ class AlignSettings:
     max_shift_px: float = 16.0  # largest drift searched between two images of the series
     lowpass_px: float = 1.0  # Gaussian low-pass (px) against pixel noise
     taper: float = 0.25  # Tukey window: fraction of the field tapered at the edges
-    min_confidence: float = 0.15  # registrations below this are flagged and down-weighted
+    min_confidence: float = 0.15  # registrations below this are left out where possible, and flagged
 
 
 @dataclass(frozen=True)
