@@ -34,6 +34,8 @@ def image_table(ds) -> pd.DataFrame:
             "defocus_std_nm": ds["defocus_std_nm"].values,
             "shift_y_px": ds["shift_y_px"].values,
             "shift_x_px": ds["shift_x_px"].values,
+            "rotation_deg": ds["rotation_deg"].values,
+            "scale": ds["scale"].values,
             "registration_confidence": ds["registration_confidence"].values,
             "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
             "defocus_spread_nm": ds.attrs["defocus_spread_nm"],

@@ -1,4 +1,4 @@
-"""Drift registration of a through-focus series.
+"""Drift (and lens rotation and scale) registration of a through-focus series.
 
 Between the images of a series the specimen drifts. Registering Lorentz images is hard because
 contrast changes sign with defocus: phase contrast transfers as sin(chi), chi = pi lambda df q^2, so
@@ -36,22 +36,29 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-from scipy import fft, ndimage, signal
+from scipy import fft, ndimage, optimize, signal
 
 log = logging.getLogger(__name__)
 
 MAX_REFINEMENTS = 4  # registrations per pair: the first, then refinements of the remainder
 OUTLIER_PX = 1.0  # a pair further than this from the series' solution is left out
+SIMILARITY_CROP_PX = 1024  # central field on which lens rotation and scale are searched
+TRANSFORMS = ("translation", "similarity")
 
 
 @dataclass(frozen=True)
 class AlignSettings:
     """Registration settings (the ``align`` config section, see config/README.md)."""
 
+    transform: str = "translation"  # or "similarity": the lens's rotation and scale as well
     max_shift_px: float = 16.0  # largest drift searched between two images of the series
     lowpass_px: float = 1.0  # Gaussian low-pass (px) against pixel noise
     taper: float = 0.25  # Tukey window: fraction of the field tapered at the edges
     min_confidence: float = 0.15  # registrations below this are left out where possible, and flagged
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"align.transform must be one of {', '.join(TRANSFORMS)}, not {self.transform!r}")
 
 
 @dataclass(frozen=True)
@@ -163,11 +170,17 @@ def correlation_shift(reference: np.ndarray, moving: np.ndarray, max_shift_px: f
 
 @dataclass(frozen=True)
 class SeriesRegistration:
-    """Drift of every image relative to the reference image, and how well it is known."""
+    """Every image's transform relative to the reference image, and how well it is known.
 
-    shift_px: np.ndarray  # (N, 2) y, x: where each image's content sits; the reference's is 0
-    confidence: np.ndarray  # (N,) the best registration that places each image (reference: 1)
-    residual_px: float  # RMS disagreement of the pairwise registrations with the solution
+    Image k shows the reference frame's point p at ``c + scale_k R(rotation_k) (p - c) + shift_k``,
+    c the field's centre (see :func:`similarity_image`); the reference's transform is the identity.
+    """
+
+    shift_px: np.ndarray  # (N, 2) y, x
+    rotation_deg: np.ndarray  # (N,)
+    scale: np.ndarray  # (N,)
+    confidence: np.ndarray  # (N,) the best drift registration that places each image
+    residual_px: float  # RMS disagreement of the pairwise drift registrations with the solution
 
 
 def shift_image(image: np.ndarray, shift_px) -> np.ndarray:
@@ -176,9 +189,100 @@ def shift_image(image: np.ndarray, shift_px) -> np.ndarray:
     return fft.irfft2(spectrum, s=image.shape).astype(image.dtype, copy=False)
 
 
-def apply_shifts(images: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
-    """Every image moved onto the reference by ``-shift`` (see :func:`shift_image`)."""
-    return np.stack([shift_image(image, shift) for image, shift in zip(images, shifts_px, strict=True)])
+def similarity_matrix(rotation_deg: float, scale: float) -> np.ndarray:
+    """``scale * R(rotation)`` acting on (y, x) vectors."""
+    c, s = np.cos(np.deg2rad(rotation_deg)), np.sin(np.deg2rad(rotation_deg))
+    return scale * np.array([[c, s], [-s, c]])
+
+
+def similarity_image(image: np.ndarray, shift_px, rotation_deg: float, scale: float) -> np.ndarray:
+    """What the camera records of ``image`` after the lens rotated and scaled it about the field's
+    centre c and the specimen drifted: the point p appears at c + scale R(rotation) (p - c) + shift.
+    Cubic splines, periodic edges (the simulator's fields are periodic)."""
+    inverse = np.linalg.inv(similarity_matrix(rotation_deg, scale))
+    centre = (np.array(image.shape) - 1) / 2
+    offset = centre - inverse @ (centre + np.asarray(shift_px, float))
+    return ndimage.affine_transform(image, inverse, offset=offset, order=3, mode="grid-wrap")
+
+
+def to_reference(image: np.ndarray, shift_px, rotation_deg: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    """The image resampled onto the reference frame, undoing :func:`similarity_image`:
+    out(p) = image(c + scale R(rotation) (p - c) + shift). A pure shift is a Fourier shift; a
+    similarity uses cubic splines with mirrored edges."""
+    if rotation_deg == 0 and scale == 1:
+        return shift_image(image, shift_px)
+    matrix = similarity_matrix(rotation_deg, scale)
+    centre = (np.array(image.shape) - 1) / 2
+    offset = centre + np.asarray(shift_px, float) - matrix @ centre
+    return ndimage.affine_transform(image, matrix, offset=offset, order=3, mode="mirror").astype(image.dtype)
+
+
+def apply_registration(images: np.ndarray, reg: SeriesRegistration) -> np.ndarray:
+    """Every image resampled onto the reference frame (see :func:`to_reference`)."""
+    return np.stack(
+        [
+            to_reference(image, shift, rotation, scale)
+            for image, shift, rotation, scale in zip(images, reg.shift_px, reg.rotation_deg, reg.scale, strict=True)
+        ]
+    )
+
+
+def opposite_pairs(defocus_nm: np.ndarray, rtol: float = 0.01) -> list[tuple[int, int]]:
+    """Pairs (under, over) of images at opposite defocus of equal magnitude (within ``rtol``)."""
+    df = np.asarray(defocus_nm, float)
+    return [
+        (int(i), int(j))
+        for i in np.where(df < 0)[0]
+        for j in np.where(df > 0)[0]
+        if abs(df[i] + df[j]) <= rtol * abs(df[i])
+    ]
+
+
+def rotation_scale(reference: np.ndarray, moving: np.ndarray, settings: AlignSettings) -> tuple[float, float]:
+    """Rotation (deg) and scale of ``moving`` relative to ``reference`` about the field's centre.
+
+    The rotation and scale that, undone, make the two images' sign-invariant registration most
+    coherent (Nelder-Mead over rotation and log scale; the drift is registered anew at every step),
+    searched on the central SIMILARITY_CROP_PX of the field.
+    """
+    h, w = reference.shape
+    crop = tuple(slice(max(0, (n - SIMILARITY_CROP_PX) // 2), (n + SIMILARITY_CROP_PX) // 2) for n in (h, w))
+
+    def incoherence(x: np.ndarray) -> float:
+        back = to_reference(moving, (0.0, 0.0), x[0], float(np.exp(x[1] / 100)))
+        return -register_pair(reference[crop], back[crop], settings).confidence
+
+    simplex = np.array([[0.0, 0.0], [0.2, 0.0], [0.0, 0.2]])  # degrees, percent of scale
+    result = optimize.minimize(
+        incoherence,
+        simplex[0],
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-9},
+    )
+    return float(result.x[0]), float(np.exp(result.x[1] / 100))
+
+
+def lens_transforms(
+    images: np.ndarray, defocus_nm: np.ndarray, settings: AlignSettings
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rotation (deg) and scale of every image by the lens, or None without opposite pairs.
+
+    The lens current that sets the defocus also rotates and magnifies the image; over a Lorentz
+    series both change in proportion to defocus: rotation = a df, log scale = b df. They are
+    measured between images at opposite defocus of equal magnitude, whose contrast transfer
+    differs only in sign (neighbours on one side of focus differ in their transfer's rings, which
+    scale with sqrt(df) and bias a scale search by 0.2 %), and a, b fitted to those pairs.
+    """
+    df = np.asarray(defocus_nm, float)
+    pairs = opposite_pairs(df)
+    if not pairs:
+        return None
+    measured = np.array([rotation_scale(images[i], images[j], settings) for i, j in pairs])
+    step = np.array([df[j] - df[i] for i, j in pairs])
+    slope_rotation = float(step @ measured[:, 0] / (step @ step))
+    slope_log_scale = float(step @ np.log(measured[:, 1]) / (step @ step))
+    offset = df - df[int(np.argmin(np.abs(df)))]  # the reference keeps the identity
+    return slope_rotation * offset, np.exp(slope_log_scale * offset)
 
 
 def pairs_by_defocus(defocus_nm: np.ndarray, reach: int = 2) -> list[tuple[int, int]]:
@@ -209,71 +313,99 @@ def solve_shifts(
     return shifts, residual
 
 
-def _still_connected(n_images: int, pairs: list[tuple[int, int]], weights: np.ndarray, drop: int) -> bool:
-    """Whether the pairs in use (weight > 0) other than ``drop`` still link every image to every other."""
+def _still_connected(placed: np.ndarray, pairs: list[tuple[int, int]], weights: np.ndarray, drop: int) -> bool:
+    """Whether the pairs in use (weight > 0) other than ``drop`` still link every placed image."""
     linked = [p for k, p in enumerate(pairs) if weights[k] > 0 and k != drop]
-    reached = {0}
-    for _ in range(n_images):
+    members = set(np.where(placed)[0].tolist())
+    reached = {min(members)}
+    for _ in range(len(members)):
         reached |= {j for i, j in linked if i in reached} | {i for i, j in linked if j in reached}
-    return len(reached) == n_images
+    return members <= reached
 
 
-def series_shifts(
+def series_registration(
     images: np.ndarray, defocus_nm: np.ndarray, settings: AlignSettings | None = None
 ) -> SeriesRegistration:
-    """Drift of every image relative to the reference (the image nearest focus).
+    """Transform of every image relative to the reference (the image nearest focus).
 
-    Every pair of images at most two apart in defocus order is registered
-    (:func:`register_pair`), and the shifts are their least-squares solution, each pair weighted
-    by its confidence squared.
+    With ``transform: similarity`` the lens's rotation and scale are found first
+    (:func:`lens_transforms`) and undone. Then every pair of images at most two apart in defocus
+    order is registered (:func:`register_pair`), and the drift is their least-squares solution,
+    each pair weighted by its confidence squared.
     """
     s = settings or AlignSettings()
     df = np.asarray(defocus_nm, float)
     n = len(images)
     reference = int(np.argmin(np.abs(df)))
+    rotation, scale = np.zeros(n), np.ones(n)
+    if s.transform == "similarity":
+        lens = lens_transforms(images, df, s)
+        if lens is None:
+            log.warning("no images at opposite defocus of equal magnitude: lens rotation and scale not registered")
+        else:
+            rotation, scale = lens
+            images = np.stack(
+                [to_reference(im, (0.0, 0.0), r, c) for im, r, c in zip(images, rotation, scale, strict=True)]
+            )
     pairs = pairs_by_defocus(df)
     if not pairs:
-        return SeriesRegistration(np.zeros((n, 2)), np.ones(n), 0.0)
+        return SeriesRegistration(np.zeros((n, 2)), rotation, scale, np.ones(n), 0.0)
     registrations = [register_pair(images[i], images[j], s) for i, j in pairs]
     measured = np.array([r.shift_px for r in registrations])
     confidence = np.array([r.confidence for r in registrations])
-    weights = np.clip(confidence, 1e-3, None) ** 2
-    # Pairs below min_confidence (nothing in common but noise) are left out, least confident first,
-    # and pairs that disagree with the others by more than OUTLIER_PX (a periodic texture matched a
-    # period away, features that differ too much between defocus levels) after them, worst first,
-    # each only while the remaining pairs still place every image.
-    for weakest in np.argsort(confidence):
-        if confidence[weakest] >= s.min_confidence:
-            break
-        if _still_connected(n, pairs, weights, weakest):
-            weights[weakest] = 0.0
-    shifts, residual = solve_shifts(n, pairs, measured, weights, reference)
-    residual[weights == 0] = 0.0
-    while residual.max() > OUTLIER_PX:
-        worst = int(np.argmax(residual))
-        if not _still_connected(n, pairs, weights, worst):
-            break
-        log.info("pair %s disagrees with the others by %.2f px; left out", pairs[worst], residual[worst])
-        weights[worst] = 0.0
-        shifts, residual = solve_shifts(n, pairs, measured, weights, reference)
-        residual[weights == 0] = 0.0
-    # An image is as well placed as the best registration that touches it, the reference too: a
-    # featureless in-focus image leaves every drift relative to it unknown.
+    # An image is as well placed as the best registration that touches it.
     per_image = np.zeros(n)
     for (i, j), c in zip(pairs, confidence, strict=True):
         per_image[[i, j]] = np.maximum(per_image[[i, j]], c)
-    return SeriesRegistration(shifts, per_image, float(np.sqrt(np.mean(residual[weights > 0] ** 2))))
+    # An image none of whose registrations beats min_confidence shows nothing the others show (the
+    # in-focus image of a pure phase object: noise only); its pairs would only pull the others, so
+    # it is left out and placed by interpolation in defocus between its neighbours, when at least
+    # two others remain.
+    placed = per_image >= s.min_confidence
+    if placed.sum() < 2:
+        placed[:] = True
+    weights = np.where(placed[[i for i, _ in pairs]] & placed[[j for _, j in pairs]], confidence, 0.0) ** 2
+    anchor = reference if placed[reference] else int(np.where(placed)[0][np.argmin(np.abs(df[placed]))])
+    # Pairs below min_confidence (nothing in common but noise) are left out, least confident first,
+    # and pairs that disagree with the others by more than OUTLIER_PX (a periodic texture matched a
+    # period away, features that differ too much between defocus levels) after them, worst first,
+    # each only while the remaining pairs still link every placed image.
+    for weakest in np.argsort(confidence):
+        if confidence[weakest] >= s.min_confidence:
+            break
+        if weights[weakest] > 0 and _still_connected(placed, pairs, weights, weakest):
+            weights[weakest] = 0.0
+    shifts, residual = solve_shifts(n, pairs, measured, weights, anchor)
+    residual[weights == 0] = 0.0
+    while residual.max() > OUTLIER_PX:
+        worst = int(np.argmax(residual))
+        if not _still_connected(placed, pairs, weights, worst):
+            break
+        log.info("pair %s disagrees with the others by %.2f px; left out", pairs[worst], residual[worst])
+        weights[worst] = 0.0
+        shifts, residual = solve_shifts(n, pairs, measured, weights, anchor)
+        residual[weights == 0] = 0.0
+    order = np.argsort(df[placed])
+    for axis in range(2):
+        shifts[~placed, axis] = np.interp(df[~placed], df[placed][order], shifts[placed, axis][order])
+    shifts -= shifts[reference]
+    # The drift was registered with rotation and scale undone; in the image's own frame it is A d.
+    shifts = np.array([similarity_matrix(r, c) @ d for d, r, c in zip(shifts, rotation, scale, strict=True)])
+    rms = float(np.sqrt(np.mean(residual[weights > 0] ** 2))) if (weights > 0).any() else 0.0
+    return SeriesRegistration(shifts, rotation, scale, per_image, rms)
 
 
 def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.Dataset:
-    """The aligned series: intensities moved onto the reference image, with every image's drift."""
+    """The aligned series: intensities resampled onto the reference image, with every image's transform."""
     s = settings or AlignSettings()
     images = ds["intensity"].values
-    reg = series_shifts(images, ds["defocus_nominal_nm"].values, s)
+    reg = series_registration(images, ds["defocus_nominal_nm"].values, s)
     aligned = ds.copy()
-    aligned["intensity"] = (("image", "y", "x"), apply_shifts(images, reg.shift_px).astype(np.float32))
+    aligned["intensity"] = (("image", "y", "x"), apply_registration(images, reg).astype(np.float32))
     aligned["shift_y_px"] = (("image",), reg.shift_px[:, 0])
     aligned["shift_x_px"] = (("image",), reg.shift_px[:, 1])
+    aligned["rotation_deg"] = (("image",), reg.rotation_deg)
+    aligned["scale"] = (("image",), reg.scale)
     aligned["registration_confidence"] = (("image",), reg.confidence)
     low = [int(k) for k in np.where(reg.confidence < s.min_confidence)[0]]
     for k in low:
@@ -287,5 +419,6 @@ def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.D
     aligned.attrs["alignment_warning"] = (
         f"low registration confidence for image(s) {low} (below {s.min_confidence}): check the alignment" if low else ""
     )
+    aligned.attrs["alignment_transform"] = s.transform
     aligned.attrs["alignment_residual_px"] = reg.residual_px
     return aligned

@@ -81,11 +81,24 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 def cmd_align(args: argparse.Namespace) -> None:
     from phasepipe import align, io
 
+    try:
+        settings = align.AlignSettings(**json.loads(args.settings))
+    except (TypeError, ValueError) as exc:
+        log.error("align settings: %s", exc)
+        sys.exit(2)
     ds = io.open_store(args.input).load()
     if not io.is_failed(ds):
-        ds = align.align_dataset(ds, align.AlignSettings(**json.loads(args.settings)))
-        for k, (dy, dx) in enumerate(zip(ds["shift_y_px"].values, ds["shift_x_px"].values, strict=True)):
-            log.info("image %d: drift (%.2f, %.2f) px, confidence %.2f", k, dy, dx, ds["registration_confidence"][k])
+        ds = align.align_dataset(ds, settings)
+        for k in range(ds.sizes["image"]):
+            log.info(
+                "image %d: drift (%.2f, %.2f) px, rotation %.4f deg, scale %.5f, confidence %.2f",
+                k,
+                ds["shift_y_px"][k],
+                ds["shift_x_px"][k],
+                ds["rotation_deg"][k],
+                ds["scale"][k],
+                ds["registration_confidence"][k],
+            )
         log.info("pairwise registrations agree with the solution within %.2f px RMS", ds.attrs["alignment_residual_px"])
     io.write_store(ds, args.out)
 

@@ -412,6 +412,8 @@ def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr
             "defocus_std_nm": (("image",), result.defocus_std_nm),
             "shift_y_px": (("image",), drift[:, 0]),
             "shift_x_px": (("image",), drift[:, 1]),
+            "rotation_deg": ds["rotation_deg"],
+            "scale": ds["scale"],
             "registration_confidence": ds["registration_confidence"],
         },
         coords={"image": ds["image"], "y": ds["y"], "x": ds["x"]},

@@ -119,6 +119,8 @@ def _reconstructed(series: str, session: str, scale: float, seed: int) -> xr.Dat
             "defocus_std_nm": (("image",), np.full(NOMINAL.size, 50.0)),
             "shift_y_px": (("image",), np.array([1.0, 0.5, 0.0, -0.5, -1.0])),
             "shift_x_px": (("image",), np.array([0.0, 0.25, 0.0, 0.25, 0.0])),
+            "rotation_deg": (("image",), np.array([-0.2, -0.1, 0.0, 0.1, 0.2])),
+            "scale": (("image",), np.array([0.996, 0.998, 1.0, 1.002, 1.004])),
             "registration_confidence": (("image",), np.array([0.9, 0.95, 1.0, 0.95, 0.9])),
         },
         coords={"image": np.arange(NOMINAL.size), "y": np.arange(N_PX) * 5.0, "x": np.arange(N_PX) * 5.0},
@@ -175,6 +177,8 @@ def test_parameters_csv(aggregated, stores):
         "defocus_std_nm",
         "shift_y_px",
         "shift_x_px",
+        "rotation_deg",
+        "scale",
         "beam_divergence_mrad",
         "defocus_spread_nm",
     ):

@@ -174,9 +174,9 @@ def test_drift_costs_no_accuracy_after_alignment():
             seed=2,
         )
         images, truth = simulate.simulate_series(spec)
-        registration = align.series_shifts(images, np.array(FIVE))
+        registration = align.series_registration(images, np.array(FIVE))
         result = reconstruct.reconstruct(
-            align.apply_shifts(images, registration.shift_px),
+            align.apply_registration(images, registration),
             FIVE,
             PIXEL_NM,
             reconstruct.Microscope(),
@@ -195,9 +195,9 @@ def test_recovered_drift_of_a_skyrmion_island():
     spec = next(s for s in simulate.demo_campaign() if s.series == "s02_skyrmions")
     images, truth = simulate.simulate_series(dataclasses.replace(spec, drift_px=3.0))
     true_shifts = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
-    registration = align.series_shifts(images, np.array(spec.defocus_nominal_nm))
+    registration = align.series_registration(images, np.array(spec.defocus_nominal_nm))
     result = reconstruct.reconstruct(
-        align.apply_shifts(images, registration.shift_px),
+        align.apply_registration(images, registration),
         spec.defocus_nominal_nm,
         spec.pixel_size_nm,
         reconstruct.Microscope(),
