@@ -46,6 +46,46 @@ def frequency_grid(shape: tuple[int, int], pixel_size_nm: float) -> tuple[np.nda
     return qy, qx
 
 
+def transfer_coefficients(
+    q2,
+    wavelength_nm: float,
+    cs_nm: float,
+    beam_divergence_rad,
+    defocus_spread_nm,
+) -> tuple:
+    """Maps of q that give T as polynomials in defocus: ``(e0, e1, e2, p0, p1)`` with
+    log|T| = e0 + e1 df + e2 df^2 and arg T = p0 + p1 df = -chi.
+
+    T = exp(-i chi) E_s E_t with chi = pi lambda df q^2 + (pi/2) Cs lambda^3 q^4,
+    E_s = exp(-(pi theta_c)^2 (df q + Cs lambda^2 q^3)^2 / u),
+    E_t = exp(-(pi lambda Delta)^2 q^4 / (2 u)), u = 1 + 2 (pi theta_c Delta)^2 q^2: nothing but the
+    powers of df depends on defocus. The reconstruction computes these maps once while coherence
+    is not refined, and each iteration then costs one real exponential and one polar per pixel.
+    """
+    xp = _xp(q2)
+    lam = wavelength_nm
+    q = xp.sqrt(q2)
+    u = 1 + 2 * (np.pi * beam_divergence_rad * defocus_spread_nm) ** 2 * q2
+    spread = (np.pi * beam_divergence_rad) ** 2 / u
+    aberration = cs_nm * lam**2 * q2 * q  # Cs lambda^2 q^3: the aberration's part of the ray angle
+    e0 = -spread * aberration**2 - (np.pi * lam * defocus_spread_nm) ** 2 * q2**2 / (2 * u)
+    e1 = -2 * spread * q * aberration
+    e2 = -spread * q2
+    p0 = -(np.pi / 2) * cs_nm * lam**3 * q2**2
+    p1 = -np.pi * lam * q2
+    return e0, e1, e2, p0, p1
+
+
+def transfer_from_coefficients(coefficients: tuple, defocus_nm):
+    """T for the maps of :func:`transfer_coefficients` at ``defocus_nm`` (broadcast against them)."""
+    e0, e1, e2, p0, p1 = coefficients
+    xp = _xp(e0)
+    magnitude = xp.exp(e0 + defocus_nm * (e1 + defocus_nm * e2))
+    angle = p0 + defocus_nm * p1
+    # torch's complex exp is several times slower than a real exp and a polar.
+    return torch.polar(magnitude, angle) if xp is torch else magnitude * np.exp(1j * angle)
+
+
 def transfer_function(
     q2,
     defocus_nm,
@@ -57,17 +97,11 @@ def transfer_function(
     """Coherent transfer function with both partial-coherence envelopes.
 
     ``q2`` is |q|^2 (cycles^2 / nm^2); ``defocus_nm`` may carry leading batch dimensions
-    (e.g. shape (N, 1, 1) for N images). Returns T = exp(-i chi) E_s E_t.
+    (e.g. shape (N, 1, 1) for N images). Returns T = exp(-i chi) E_s E_t
+    (see :func:`transfer_coefficients`).
     """
-    xp = _xp(q2)
-    lam = wavelength_nm
-    q = xp.sqrt(q2)
-    chi = np.pi * lam * defocus_nm * q2 + (np.pi / 2) * cs_nm * lam**3 * q2**2
-    u = 1 + 2 * (np.pi * beam_divergence_rad * defocus_spread_nm) ** 2 * q2
-    spatial = -((np.pi * beam_divergence_rad) ** 2) * (defocus_nm * q + cs_nm * lam**2 * q2 * q) ** 2
-    temporal = -((np.pi * lam * defocus_spread_nm) ** 2) * q2**2 / 2
-    envelope = xp.exp((spatial + temporal) / u)
-    return envelope * xp.cos(chi) - 1j * envelope * xp.sin(chi)
+    coefficients = transfer_coefficients(q2, wavelength_nm, cs_nm, beam_divergence_rad, defocus_spread_nm)
+    return transfer_from_coefficients(coefficients, defocus_nm)
 
 
 def shift_ramp(qy, qx, shift_px, pixel_size_nm: float):

@@ -151,16 +151,27 @@ class ForwardModel:
         self.pixel_size_nm = pixel_size_nm
         self.wavelength_nm = physics.wavelength_nm(microscope.voltage_kv * 1e3)
         self.cs_nm = microscope.cs_mm * 1e6
+        self._fixed_coefficients: tuple = ()
+        self._fixed_key: tuple = ()
 
     def transfer(self, params: Parameters, defocus_nm: torch.Tensor) -> torch.Tensor:
-        return physics.transfer_function(
-            self.q2,
-            defocus_nm.float()[:, None, None],
-            self.wavelength_nm,
-            self.cs_nm,
-            params.beam_divergence_rad(),
-            params.defocus_spread_nm(),
-        )
+        """T of every image. Its q-maps (:func:`physics.transfer_coefficients`) depend only on the
+        coherence parameters: while those are not refined they are computed once and kept (keyed
+        on the parameters' in-place version counters, so that any change of value recomputes)."""
+        leaves = (params.beam_divergence, params.defocus_spread)
+        theta, spread = params.beam_divergence_rad(), params.defocus_spread_nm()
+        if any(leaf.requires_grad for leaf in leaves):
+            return physics.transfer_from_coefficients(
+                physics.transfer_coefficients(self.q2, self.wavelength_nm, self.cs_nm, theta, spread),
+                defocus_nm.float()[:, None, None],
+            )
+        key = (id(params), *(leaf._version for leaf in leaves))
+        if self._fixed_key != key:
+            self._fixed_coefficients = physics.transfer_coefficients(
+                self.q2, self.wavelength_nm, self.cs_nm, theta, spread
+            )
+            self._fixed_key = key
+        return physics.transfer_from_coefficients(self._fixed_coefficients, defocus_nm.float()[:, None, None])
 
     def __call__(self, params: Parameters, refine_shifts: bool, defocus_nm: torch.Tensor | None = None) -> torch.Tensor:
         ramp = physics.shift_ramp(self.qy, self.qx, params.shifts_px(), self.pixel_size_nm) if refine_shifts else None
