@@ -135,22 +135,29 @@ def register_spectra(
 
 
 def register_pair(reference: np.ndarray, moving: np.ndarray, settings: AlignSettings | None = None) -> Registration:
-    """Drift of ``moving`` relative to ``reference`` (y, x px): sign-invariant, sub-pixel.
+    """Drift of ``moving`` relative to ``reference`` (y, x px): sign-invariant, sub-pixel."""
+    s = settings or AlignSettings()
+    return register_prepared(prepared_spectrum(reference, s.lowpass_px, s.taper), moving, s)
+
+
+def register_prepared(reference: np.ndarray, moving: np.ndarray, settings: AlignSettings) -> Registration:
+    """:func:`register_pair` against a reference already prepared (:func:`prepared_spectrum`).
 
     The window weighs both images alike only where their content coincides, so it pulls a
     registration towards zero in proportion to the drift. The estimate is therefore iterated:
     ``moving`` is shifted back by the current estimate (Fourier shift) and the small remainder is
     registered again, until it is below 0.01 px.
     """
-    s = settings or AlignSettings()
-    ref = prepared_spectrum(reference, s.lowpass_px, s.taper)
+    s = settings
     moving = np.asarray(moving, dtype=np.float32)
     shift = np.zeros(2)
     iterations = 0
     while iterations < MAX_REFINEMENTS:
         iterations += 1
         current = moving if not shift.any() else shift_image(moving, shift)
-        step = register_spectra(ref, prepared_spectrum(current, s.lowpass_px, s.taper), reference.shape, s.max_shift_px)
+        step = register_spectra(
+            reference, prepared_spectrum(current, s.lowpass_px, s.taper), moving.shape, s.max_shift_px
+        )
         shift = shift + step.shift_px
         if np.abs(step.shift_px).max() < 0.01:
             break
@@ -253,10 +260,11 @@ def rotation_scale(reference: np.ndarray, moving: np.ndarray, settings: AlignSet
     """
     h, w = reference.shape
     crop = tuple(slice(max(0, (n - SIMILARITY_CROP_PX) // 2), (n + SIMILARITY_CROP_PX) // 2) for n in (h, w))
+    prepared = prepared_spectrum(reference[crop], settings.lowpass_px, settings.taper)  # once, not per step
 
     def incoherence(x: np.ndarray) -> float:
         back = to_reference(moving, (0.0, 0.0), x[0], float(np.exp(x[1] / 100)))
-        return -register_pair(reference[crop], back[crop], settings).confidence
+        return -register_prepared(prepared, back[crop], settings).confidence
 
     simplex = np.array([[0.0, 0.0], [0.2, 0.0], [0.0, 0.2]])  # degrees, percent of scale
     result = optimize.minimize(
@@ -336,7 +344,7 @@ def series_registration(
 
     With ``transform: similarity`` the lens's rotation and scale are found first
     (:func:`lens_transforms`) and undone. Then every pair of images at most two apart in defocus
-    order is registered (:func:`register_pair`), and the drift is their least-squares solution,
+    order is registered (:func:`register_prepared`), and the drift is their least-squares solution,
     each pair weighted by its confidence squared.
     """
     s = settings or AlignSettings()
@@ -356,7 +364,8 @@ def series_registration(
     pairs = pairs_by_defocus(df)
     if not pairs:
         return SeriesRegistration(np.zeros((n, 2)), rotation, scale, np.ones(n), 0.0)
-    registrations = [register_pair(images[i], images[j], s) for i, j in pairs]
+    prepared = {i: prepared_spectrum(images[i], s.lowpass_px, s.taper) for i in {i for i, _ in pairs}}
+    registrations = [register_prepared(prepared[i], images[j], s) for i, j in pairs]
     measured = np.array([r.shift_px for r in registrations])
     confidence = np.array([r.confidence for r in registrations])
     # An image is as well placed as the best registration that touches it.

@@ -406,13 +406,19 @@ def settings_from_config(section: dict) -> Settings:
     )
 
 
+def total_drift(aligned_px: np.ndarray, result: Reconstruction, defocus_nominal_nm: np.ndarray) -> np.ndarray:
+    """Every image's drift (N, 2): the align stage's plus what the fit refined, relative to the
+    reference image (nominal defocus nearest 0), as the align stage reports it."""
+    drift = np.asarray(aligned_px, float) + result.shifts_px
+    return drift - drift[int(np.argmin(np.abs(defocus_nominal_nm)))]
+
+
 def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr.Dataset:
     """Reconstruct an aligned series store into the reconstructed Dataset (phase, parameters)."""
     microscope = Microscope(**json.loads(ds.attrs["microscope"]))
     nominal = ds["defocus_nominal_nm"].values
     result = reconstruct(ds["intensity"].values, nominal, ds.attrs["pixel_size_nm"], microscope, settings, progress)
-    drift = np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1) + result.shifts_px
-    drift -= drift[int(np.argmin(np.abs(nominal)))]  # reported relative to the reference image
+    drift = total_drift(np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1), result, nominal)
     out = xr.Dataset(
         {
             "phase": (("y", "x"), result.phase),
