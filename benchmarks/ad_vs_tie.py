@@ -5,8 +5,9 @@ skyrmion lattice, stripe domains; 256 x 256 px, 5 nm pixels, -1.6 ... +1.6 mm in
 defocus calibration off by +4 % or -3.5 %, no drift) at 0 %, 5 % and 10 % Gaussian intensity
 noise, it prints one table row per series and noise level: acc and phase RMSE against the truth
 (PHYSICS.md's figures of merit), the largest relative defocus error over the defocused images,
-and wall time, for AD (``refine: [defocus]``, ``iterations: auto``, one torch thread) and for TIE
-(the mirror-symmetrised, Tikhonov-regularised baseline at the nominal defocus).
+and wall time, for AD (``refine: [defocus]``, ``iterations: auto``, ``--threads`` torch threads, default 1) and for TIE
+(the mirror-symmetrised, Tikhonov-regularised baseline at the nominal defocus). Size, defocus
+and calibration can be changed for every series at once.
 
 Series run in parallel, one per worker process (``--workers``, default 2).
 
@@ -14,25 +15,29 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/ad_vs_tie.py                 # 12 reconstructions, a few minutes
     .venv/bin/python benchmarks/ad_vs_tie.py --noise 0.1 --series s02_skyrmions
+    # issue 5's acceptance case: 512^2, three images, 10 % noise, calibration 5 % off, 2 threads
+    .venv/bin/python benchmarks/ad_vs_tie.py --size 512 --defocus -1600000 0 1600000 --calibration 1.05 \
+        --noise 0.1 --workers 1 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 
-def run(spec) -> dict:
+def run(spec, threads: int) -> dict:
     """AD and TIE on one simulated series; figures of merit against its truth."""
     import torch
 
     from phasepipe import metrics, reconstruct, simulate, tie
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     images, truth = simulate.simulate_series(spec)
     nominal = np.asarray(spec.defocus_nominal_nm)
     true_phase, true_df = truth["phase"].values, truth["defocus_nm"].values
@@ -68,16 +73,23 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05, 0.1])
     parser.add_argument("--series", nargs="+", default=list(simulate.DEMO_SERIES))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--size", type=int, help="field size in px (default: the demo's)")
+    parser.add_argument("--defocus", type=float, nargs="+", help="nominal defocus in nm (default: the demo's)")
+    parser.add_argument("--calibration", type=float, help="true / nominal defocus (default: the demo's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per series")
     args = parser.parse_args()
 
+    changes = {"size_px": args.size, "defocus_nominal_nm": args.defocus and tuple(args.defocus)}
+    changes["calibration"] = args.calibration
+    changes = {key: value for key, value in changes.items() if value is not None}
     specs = [
-        dataclasses.replace(spec, noise_fraction=noise, drift_px=0.0)
+        dataclasses.replace(spec, noise_fraction=noise, drift_px=0.0, **changes)
         for noise in args.noise
         for spec in simulate.demo_campaign()
         if spec.series in args.series
     ]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        rows = list(pool.map(run, specs))
+        rows = list(pool.map(functools.partial(run, threads=args.threads), specs))
     print(
         "| series | noise | acc AD | acc TIE | phase RMSE AD (rad) | phase RMSE TIE (rad) "
         "| defocus error AD | defocus error TIE (nominal) | time AD | time TIE |"

@@ -34,11 +34,15 @@ def image_table(ds) -> pd.DataFrame:
             "defocus_std_nm": ds["defocus_std_nm"].values,
             "shift_y_px": ds["shift_y_px"].values,
             "shift_x_px": ds["shift_x_px"].values,
+            "shift_y_std_px": ds["shift_y_std_px"].values,
+            "shift_x_std_px": ds["shift_x_std_px"].values,
             "rotation_deg": ds["rotation_deg"].values,
             "scale": ds["scale"].values,
             "registration_confidence": ds["registration_confidence"].values,
             "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
+            "beam_divergence_std_mrad": ds.attrs["beam_divergence_std_mrad"],
             "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
+            "defocus_spread_std_nm": ds.attrs["defocus_spread_std_nm"],
         }
     )
 
@@ -138,7 +142,9 @@ def series_row(ds) -> dict:
             if defocused.sum() >= 2
             else np.nan,
             "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
+            "beam_divergence_std_mrad": ds.attrs["beam_divergence_std_mrad"],
             "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
+            "defocus_spread_std_nm": ds.attrs["defocus_spread_std_nm"],
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
             "alignment_residual_px": ds.attrs.get("alignment_residual_px", np.nan),
             "registration_confidence_min": float(ds["registration_confidence"].min()),

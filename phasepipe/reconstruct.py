@@ -136,6 +136,11 @@ class Parameters(torch.nn.Module):
         # needs the align stage within half a cycle's shift (lambda df / field) of the truth.
         return self.shift_projector @ self.shifts
 
+    def forward(self, fn):
+        """``fn(self)``: lets :func:`torch.func.functional_call` evaluate anything of the
+        parameters at substituted values (the uncertainty's Hessian)."""
+        return fn(self)
+
     def wave(self) -> torch.Tensor:
         return torch.polar(self.log_amplitude.exp(), self.phase)
 
@@ -305,8 +310,11 @@ class Reconstruction:
     defocus_nm: np.ndarray
     defocus_std_nm: np.ndarray
     shifts_px: np.ndarray
+    shifts_std_px: np.ndarray
     beam_divergence_mrad: float
     defocus_spread_nm: float
+    beam_divergence_std_mrad: float
+    defocus_spread_std_nm: float
     loss: float
     noise: float
     tv_weight: float
@@ -314,33 +322,48 @@ class Reconstruction:
     seconds: float
 
 
-def _uncertainty(model, params, data, settings: Settings) -> np.ndarray:
-    """Standard deviation of each image's defocus from the loss curvature (Gauss-Newton).
+def microscope_values(params: Parameters) -> torch.Tensor:
+    """Every microscope parameter in physical units, as one vector: defocus_nm (N),
+    beam_divergence_mrad, defocus_spread_nm, shifts_px (N x 2, y then x per image)."""
+    return torch.cat(
+        [
+            params.defocus_nm().double(),
+            (params.beam_divergence_rad() * 1e3).double().reshape(1),
+            params.defocus_spread_nm().double().reshape(1),
+            params.shifts_px().double().reshape(-1),
+        ]
+    )
 
-    Conditional on the fitted object: cov = 2 L / M * H^-1 over the refined defocus parameters
-    (L the misfit at the optimum, M the number of data values, H the misfit's Hessian), carried
-    to every image's defocus through the Jacobian.
+
+def _uncertainty(model: ForwardModel, params: Parameters, data: torch.Tensor, settings: Settings) -> np.ndarray:
+    """Standard deviation of every value of :func:`microscope_values` from the loss curvature
+    (Gauss-Newton); 0 for what was not refined.
+
+    Conditional on the fitted object: cov = 2 L / M * H^-1 over the refined groups' raw
+    parameters (L the misfit at the optimum, M the number of data values, H the misfit's Hessian),
+    carried to physical units through the Jacobian of :func:`microscope_values`.
     """
-    scale = "defocus" in settings.refine
-    per_image = "defocus_per_image" in settings.refine
-    free = torch.arange(params.defocus.numel(), device=params.defocus.device) != params.reference
-    pieces = [params.defocus_scale.detach().reshape(1)] if scale else []
-    pieces += [params.defocus.detach()[free]] if per_image else []
-    start = torch.cat(pieces)
+    from torch.func import functional_call
 
-    def defocus(vector):
-        log_scale = vector[0] if scale else params.defocus_scale.detach()
-        raw = params.defocus.detach()
-        if per_image:
-            raw = raw.masked_scatter(free, vector[int(scale) :])
-        return params.defocus_nm(raw, log_scale)
+    groups = [group for name in settings.refine for group in GROUPS[name]]
+    start = {group: getattr(params, group).detach() for group in groups}
+    flat = torch.cat([value.reshape(-1).double() for value in start.values()])
+
+    def at(vector: torch.Tensor, fn):
+        """``fn(params)`` with the refined groups set from ``vector``."""
+        pieces = torch.split(vector, [value.numel() for value in start.values()])
+        overrides = {
+            group: piece.reshape(value.shape).to(value.dtype)
+            for (group, value), piece in zip(start.items(), pieces, strict=True)
+        }
+        return functional_call(params, overrides, (fn,))
 
     def misfit(vector):
-        return torch.mean((model(params, "shifts" in settings.refine, defocus(vector)) - data) ** 2)
+        return at(vector, lambda p: torch.mean((model(p, "shifts" in settings.refine) - data) ** 2))
 
-    hess = torch.autograd.functional.hessian(misfit, start).double()
-    jac = torch.autograd.functional.jacobian(defocus, start).double()
-    cov = torch.linalg.pinv(hess) * 2 * float(misfit(start).detach()) / data.numel()
+    hess = torch.autograd.functional.hessian(misfit, flat).double()
+    jac = torch.autograd.functional.jacobian(lambda vector: at(vector, microscope_values), flat).double()
+    cov = torch.linalg.pinv(hess) * 2 * float(misfit(flat).detach()) / data.numel()
     return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()
 
 
@@ -366,20 +389,28 @@ def reconstruct(
     model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device)
     data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
     log.info("noise %.4f, tv_weight %.3e, refine %s", noise, tv_weight, list(settings.refine))
+    if "defocus_spread" in settings.refine:
+        log.warning(
+            "defocus_spread is refined, but its envelope does not depend on defocus: a series cannot "
+            "tell it from the object's own resolution, so the value is not a measurement (docs/physics.md)"
+        )
 
     result = fit(model, params, data, settings, tv_weight, progress)
-    refined_defocus = {"defocus", "defocus_per_image"} & set(settings.refine)
-    std = _uncertainty(model, params, data, settings) if refined_defocus else np.zeros(len(nominal))
+    n = len(nominal)
+    std = _uncertainty(model, params, data, settings) if settings.refine else np.zeros(3 * n + 2)
     with torch.no_grad():
         return Reconstruction(
             phase=remove_isolated_wraps(params.phase.cpu().numpy()).astype(np.float32),
             amplitude=params.log_amplitude.exp().cpu().numpy().astype(np.float32),
             tie_phase=tie.astype(np.float32),
             defocus_nm=params.defocus_nm().cpu().numpy(),
-            defocus_std_nm=std,
+            defocus_std_nm=std[:n],
             shifts_px=params.shifts_px().cpu().numpy().astype(np.float64),
+            shifts_std_px=std[n + 2 :].reshape(n, 2),
             beam_divergence_mrad=float(params.beam_divergence_rad()) * 1e3,
             defocus_spread_nm=float(params.defocus_spread_nm()),
+            beam_divergence_std_mrad=float(std[n]),
+            defocus_spread_std_nm=float(std[n + 1]),
             loss=result.loss,
             noise=noise,
             tv_weight=tv_weight,
@@ -429,6 +460,8 @@ def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr
             "defocus_std_nm": (("image",), result.defocus_std_nm),
             "shift_y_px": (("image",), drift[:, 0]),
             "shift_x_px": (("image",), drift[:, 1]),
+            "shift_y_std_px": (("image",), result.shifts_std_px[:, 0]),
+            "shift_x_std_px": (("image",), result.shifts_std_px[:, 1]),
             "rotation_deg": ds["rotation_deg"],
             "scale": ds["scale"],
             "registration_confidence": ds["registration_confidence"],
@@ -438,6 +471,8 @@ def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr
             **ds.attrs,
             "beam_divergence_mrad": result.beam_divergence_mrad,
             "defocus_spread_nm": result.defocus_spread_nm,
+            "beam_divergence_std_mrad": result.beam_divergence_std_mrad,
+            "defocus_spread_std_nm": result.defocus_spread_std_nm,
             "refined": json.dumps(list(settings.refine)),
             "final_loss": result.loss,
             "noise": result.noise,

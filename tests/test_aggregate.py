@@ -119,6 +119,8 @@ def _reconstructed(series: str, session: str, scale: float, seed: int) -> xr.Dat
             "defocus_std_nm": (("image",), np.full(NOMINAL.size, 50.0)),
             "shift_y_px": (("image",), np.array([1.0, 0.5, 0.0, -0.5, -1.0])),
             "shift_x_px": (("image",), np.array([0.0, 0.25, 0.0, 0.25, 0.0])),
+            "shift_y_std_px": (("image",), np.full(NOMINAL.size, 0.01)),
+            "shift_x_std_px": (("image",), np.full(NOMINAL.size, 0.02)),
             "rotation_deg": (("image",), np.array([-0.2, -0.1, 0.0, 0.1, 0.2])),
             "scale": (("image",), np.array([0.996, 0.998, 1.0, 1.002, 1.004])),
             "registration_confidence": (("image",), np.array([0.9, 0.95, 1.0, 0.95, 0.9])),
@@ -132,6 +134,8 @@ def _reconstructed(series: str, session: str, scale: float, seed: int) -> xr.Dat
             "pixel_size_nm": 5.0,
             "beam_divergence_mrad": 0.01 + 0.001 * seed,
             "defocus_spread_nm": 500.0 + 10 * seed,
+            "beam_divergence_std_mrad": 0.0005,
+            "defocus_spread_std_nm": 20.0,
             "final_loss": 1e-3 * seed,
             "noise": 0.05,
             "iterations": 100 + seed,
@@ -177,10 +181,14 @@ def test_parameters_csv(aggregated, stores):
         "defocus_std_nm",
         "shift_y_px",
         "shift_x_px",
+        "shift_y_std_px",
+        "shift_x_std_px",
         "rotation_deg",
         "scale",
         "beam_divergence_mrad",
+        "beam_divergence_std_mrad",
         "defocus_spread_nm",
+        "defocus_spread_std_nm",
     ):
         assert column in params.columns
     s2 = params[params["series"] == "s2"]
@@ -190,6 +198,8 @@ def test_parameters_csv(aggregated, stores):
     np.testing.assert_allclose(s2["shift_y_px"], [1.0, 0.5, 0.0, -0.5, -1.0])
     np.testing.assert_allclose(s2["beam_divergence_mrad"], 0.012)
     np.testing.assert_allclose(s2["defocus_spread_nm"], 520.0)
+    np.testing.assert_allclose(s2["shift_x_std_px"], 0.02)
+    np.testing.assert_allclose(s2["defocus_spread_std_nm"], 20.0)
 
 
 def test_series_summary_csv(aggregated):
