@@ -63,20 +63,15 @@ def _wave(phase, log_amplitude, wave_re, wave_im):
     wave_im.copy_(amplitude * torch.sin(phase))
 
 
-def _spectrum(psi_re, psi_im, qy, qx, defocus_nm, shift_px, optics: tuple, s_re, s_im, t_re, t_im_conj):
-    """S = Psi T R of one image into (s_re, s_im), conj(T R) into (t_re, t_im_conj); sum |S|^2."""
+def _transfer(qy, qx, defocus_nm, shift_px, optics: tuple, t_re, t_im):
+    """Real and imaginary parts of T R, one image's transfer function times its drift ramp."""
     wavelength_nm, cs_nm, theta, spread, pixel_size_nm = optics
     coefficients = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, theta, spread)
     log_magnitude, angle = physics.transfer_exponent(coefficients, defocus_nm)
     angle = angle + physics.shift_angle(qy, qx, shift_px, pixel_size_nm)
     magnitude = torch.exp(log_magnitude)
-    real, imag = magnitude * torch.cos(angle), magnitude * torch.sin(angle)
-    spectrum_re, spectrum_im = psi_re * real - psi_im * imag, psi_re * imag + psi_im * real
-    s_re.copy_(spectrum_re)
-    s_im.copy_(spectrum_im)
-    t_re.copy_(real)
-    t_im_conj.copy_(-imag)
-    return (spectrum_re * spectrum_re + spectrum_im * spectrum_im).double().sum()
+    t_re.copy_(magnitude * torch.cos(angle))
+    t_im.copy_(magnitude * torch.sin(angle))
 
 
 def _residual(wave, data, mean, scale, residual, grad_re, grad_im):
@@ -93,20 +88,15 @@ def _residual_sums(residual, data):
     return (residual * residual).double().sum(), (residual * (residual + data)).double().sum()
 
 
-def _defocus_maps(psi_re, psi_im, qy, qx, optics: tuple):
-    """Psi d(log T)/d(df) = A + df B: the real and imaginary parts of A and B."""
-    wavelength_nm, cs_nm, theta, spread, _ = optics
+def _derivative_maps(qy, qx, optics: tuple):
+    """d log(T R)/d theta as (real, imag) q-maps: defocus (constant and slope in df), shift y, x."""
+    wavelength_nm, cs_nm, theta, spread, pixel_size_nm = optics
     coefficients = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, theta, spread)
     real, imag, slope = physics.transfer_log_derivative(coefficients)
-    return psi_re * real - psi_im * imag, psi_re * imag + psi_im * real, psi_re * slope, psi_im * slope
-
-
-def _shift_maps(psi_re, psi_im, qy, qx, pixel_size_nm: float):
-    """Psi d(log R)/d(shift) for a shift along y and along x (real and imaginary parts of each)."""
     # R = exp(i angle) with the angle linear in the shift: d log R = i angle(unit shift).
     along_y = physics.shift_angle(qy, qx, torch.tensor([1.0, 0.0]), pixel_size_nm)
     along_x = physics.shift_angle(qy, qx, torch.tensor([0.0, 1.0]), pixel_size_nm)
-    return -psi_im * along_y, psi_re * along_y, -psi_im * along_x, psi_re * along_x
+    return real, imag, slope, along_y, along_x
 
 
 def _object_gradient(grad_wave, psi_re, psi_im):
@@ -135,34 +125,34 @@ def _total_variation(phase, eps: float):
 
 
 _WAVE = _Kernel(_wave)
-_SPECTRUM = _Kernel(_spectrum)
+_TRANSFER = _Kernel(_transfer)
 _RESIDUAL = _Kernel(_residual)
 _RESIDUAL_SUMS = _Kernel(_residual_sums)
-_DEFOCUS_MAPS = _Kernel(_defocus_maps)
-_SHIFT_MAPS = _Kernel(_shift_maps)
+_DERIVATIVE_MAPS = _Kernel(_derivative_maps)
 _OBJECT_GRADIENT = _Kernel(_object_gradient)
 _TOTAL_VARIATION = _Kernel(_total_variation)
 
 
 class _Workspace:
-    """Buffers of one series shape, reused by every iteration. Kernel outputs are separate
-    tensors: compiled functions that write into views of one buffer copy the whole buffer."""
+    """Buffers of one image shape, reused by every image and iteration. Kernel outputs are
+    separate tensors: compiled functions that write into views of one buffer copy all of it."""
 
-    def __init__(self, n_images: int, shape: tuple[int, int], device: torch.device):
+    def __init__(self, shape: tuple[int, int], device: torch.device):
         def real():
             return torch.empty(shape, device=device)
 
         def cplx(*lead):
             return torch.empty(*lead, *shape, dtype=torch.complex64, device=device)
 
-        self.key = (n_images, shape, device)
-        self.psi_re, self.psi_im, self.spectrum_re, self.spectrum_im = real(), real(), real(), real()
-        self.s_re, self.s_im, self.t_re, self.t_im_conj = real(), real(), real(), real()
-        self.grad_re, self.grad_im, self.residual = real(), real(), real()
-        self.psi, self.spectrum, self.wave, self.grad_wave, self.grad_spectrum = (cplx() for _ in range(5))
-        self.h_sum, self.grad_psi = cplx(), cplx()
-        self.spectra, self.transfer_conj = cplx(n_images), cplx(n_images)
-        self.maps = cplx(4)  # Psi d log(T R)/d theta for defocus (A, B) and shifts (y, x)
+        self.key = (shape, device)
+        self.psi_re, self.psi_im, self.t_re, self.t_im = (real() for _ in range(4))
+        self.grad_re, self.grad_im, self.residual = (real() for _ in range(3))
+        self.zero = torch.zeros(shape, device=device)
+        self.spectrum, self.transfer, self.image, self.grad = (cplx() for _ in range(4))
+        self.h, self.h_sum = cplx(), cplx()
+        # d log(T R)/d theta for defocus (constant, slope in df), shift y, x; and times Psi.
+        self.derivatives, self.maps = cplx(4), cplx(4)
+        self.derivatives_key: tuple = ()
 
 
 class SeriesMisfit:
@@ -206,7 +196,7 @@ class SeriesMisfit:
             defocus_spread_nm.detach().float(),
             self.pixel_size_nm,
         )
-        key = (len(data), tuple(data.shape[1:]), data.device)
+        key = (tuple(data.shape[1:]), data.device)
         if self._workspace is None or self._workspace.key != key:
             self._workspace = _Workspace(*key)
         return _SeriesMisfitFunction.apply(
@@ -216,71 +206,70 @@ class SeriesMisfit:
     def forward(self, ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, optics, ws: _Workspace):
         """Misfit, and with ``ctx.needs_input_grad`` the gradients, which it saves in ``ctx``.
 
-        With P pixels per image, W = F^-1 S has mean m = sum |S|^2 / P^2 and J = |W|^2 / m. For
-        L = sum_k w_k mean((J_k - D_k)^2), dL/dW = a (r - C / P) W P with r = J - D,
-        C = sum r J and a = 4 w / (P^2 m); then dL/dS = F[a r W] - (a C / P) S.
+        Each image is done start to end (forward, residual, gradient) while its buffers are in
+        cache. With P pixels per image, W = F^-1 S has mean m = sum |S|^2 / P^2 and
+        J = |W|^2 / m. For L = sum_k w_k mean((J_k - D_k)^2), dL/dW = a (r - C / P) W P with
+        r = J - D, C = sum r J and a = 4 w / (P^2 m); so dL/dS = F[a r W] - (a C / P) S.
         """
         pixels = data.shape[-1] * data.shape[-2]
         defocus, shifts = defocus_nm.detach().float(), shifts_px.detach().float()
         _WAVE(phase.detach(), log_amplitude.detach(), ws.psi_re, ws.psi_im)
-        torch.fft.fft2(torch.complex(ws.psi_re, ws.psi_im, out=ws.psi), out=ws.spectrum)
-        psi_re, psi_im = ws.spectrum_re.copy_(ws.spectrum.real), ws.spectrum_im.copy_(ws.spectrum.imag)
+        torch.fft.fft2(torch.complex(ws.psi_re, ws.psi_im, out=ws.spectrum), out=ws.spectrum)
+        # Gradients wanted: defocus needs maps 0-1, shifts 2-3 as well.
+        n_maps = 4 if ctx.needs_input_grad[3] else 2 if ctx.needs_input_grad[2] else 0
         needs_grad = any(ctx.needs_input_grad[:4])
-        misfit = torch.zeros((), dtype=torch.float64, device=data.device)
-        corrections: dict[int, float] = {}
-        for k, w in enumerate(weight.tolist()):
-            if w == 0:
-                continue
-            power = _SPECTRUM(
-                psi_re, psi_im, self.qy, self.qx, defocus[k], shifts[k], optics, ws.s_re, ws.s_im, ws.t_re, ws.t_im_conj
-            )
-            torch.complex(ws.s_re, ws.s_im, out=ws.spectra[k])
-            torch.complex(ws.t_re, ws.t_im_conj, out=ws.transfer_conj[k])
-            torch.fft.ifft2(ws.spectra[k], out=ws.wave)
-            mean = (power / pixels**2).float()
+        if n_maps:
+            key = (float(optics[2]), float(optics[3]))
+            if ws.derivatives_key != key:  # fixed unless the coherence changes
+                re, im, slope, along_y, along_x = _DERIVATIVE_MAPS(self.qy, self.qx, optics)
+                parts = [(re, im), (slope, ws.zero), (ws.zero, along_y), (ws.zero, along_x)]
+                for i, (real, imag) in enumerate(parts):
+                    torch.complex(real, imag, out=ws.derivatives[i])
+                ws.derivatives_key = key
+            for i in range(n_maps):
+                torch.mul(ws.spectrum, ws.derivatives[i], out=ws.maps[i])
+        dots = torch.zeros(len(data), 4, dtype=torch.float64, device=data.device)
+        misfit = 0.0
+        images = [(k, w) for k, w in enumerate(weight.tolist()) if w != 0]
+        ws.h_sum.zero_()
+        for k, w in images:
+            _TRANSFER(self.qy, self.qx, defocus[k], shifts[k], optics, ws.t_re, ws.t_im)
+            torch.complex(ws.t_re, ws.t_im, out=ws.transfer)
+            torch.mul(ws.spectrum, ws.transfer, out=ws.image)  # S_k
+            power = float(torch.vdot(ws.image.view(-1), ws.image.view(-1)).real)
+            # FFTs in place, here and below: a smaller working set keeps them in cache.
+            torch.fft.ifft2(ws.image, out=ws.image)  # W_k
+            mean = power / pixels**2
             scale = 4 * w / (pixels**2 * mean)
-            _RESIDUAL(torch.view_as_real(ws.wave), data[k], mean, scale, ws.residual, ws.grad_re, ws.grad_im)
+            _RESIDUAL(
+                torch.view_as_real(ws.image),
+                data[k],
+                torch.tensor(mean),
+                torch.tensor(scale),
+                ws.residual,
+                ws.grad_re,
+                ws.grad_im,
+            )
             squares, cross = _RESIDUAL_SUMS(ws.residual, data[k])
-            misfit += w * squares / pixels
-            if needs_grad:
-                # The grad of the image is transformed while this image's buffers are at hand.
-                torch.fft.fft2(torch.complex(ws.grad_re, ws.grad_im, out=ws.grad_wave), out=ws.grad_spectrum)
-                corrections[k] = float(scale * cross / pixels)
-                self._accumulate(k, ws, corrections)
-        if corrections:
-            self._gradients(ctx, ws, optics, corrections, defocus, shifts_px, defocus_nm, psi_re, psi_im)
-        return misfit.float()
-
-    def _accumulate(self, k: int, ws: _Workspace, corrections: dict[int, float]) -> None:
-        """h_k = conj(T_k R_k) dL/dS_k into ``spectra[k]`` (S_k is no longer needed), summed over k."""
-        ws.grad_spectrum.sub_(ws.spectra[k], alpha=corrections[k])
-        torch.mul(ws.transfer_conj[k], ws.grad_spectrum, out=ws.spectra[k])
-        if len(corrections) == 1:
-            ws.h_sum.copy_(ws.spectra[k])
-        else:
-            ws.h_sum.add_(ws.spectra[k])
-
-    def _gradients(self, ctx, ws, optics, corrections, defocus, shifts_px, defocus_nm, psi_re, psi_im) -> None:
-        """dL/d(phase, log amplitude) from sum_k h_k; defocus and shifts from Re <h_k, maps>."""
-        d_defocus = torch.zeros_like(defocus_nm)
-        d_shift = torch.zeros_like(shifts_px)
-        maps = []
-        if ctx.needs_input_grad[2]:
-            parts = _DEFOCUS_MAPS(psi_re, psi_im, self.qy, self.qx, optics)
-            maps += [torch.complex(*parts[:2], out=ws.maps[0]), torch.complex(*parts[2:], out=ws.maps[1])]
-        if ctx.needs_input_grad[3]:
-            parts = _SHIFT_MAPS(psi_re, psi_im, self.qy, self.qx, self.pixel_size_nm)
-            maps += [torch.complex(*parts[:2], out=ws.maps[2]), torch.complex(*parts[2:], out=ws.maps[3])]
-        for k in corrections:
-            dots = [float(torch.vdot(ws.spectra[k].view(-1), m.view(-1)).real) for m in maps]
-            if ctx.needs_input_grad[2]:
-                d_defocus[k] = dots.pop(0) + float(defocus[k]) * dots.pop(0)
-            if ctx.needs_input_grad[3]:
-                d_shift[k, 0], d_shift[k, 1] = dots
-        # The adjoint of fft2 is the unnormalised inverse transform.
-        torch.fft.ifft2(ws.h_sum, norm="forward", out=ws.grad_psi)
-        d_phase, d_log_amplitude = _OBJECT_GRADIENT(torch.view_as_real(ws.grad_psi), ws.psi_re, ws.psi_im)
-        ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
+            misfit += w * float(squares) / pixels
+            if not needs_grad:
+                continue
+            torch.fft.fft2(torch.complex(ws.grad_re, ws.grad_im, out=ws.grad), out=ws.grad)
+            torch.mul(ws.spectrum, ws.transfer, out=ws.image)  # S_k again: cheaper than keeping it
+            ws.grad.sub_(ws.image, alpha=scale * float(cross) / pixels)  # dL/dS_k
+            # h_k = conj(T_k R_k) dL/dS_k, summed into dL/dPsi.
+            torch.mul(ws.transfer.conj(), ws.grad, out=ws.h)
+            ws.h_sum.add_(ws.h)
+            for i in range(n_maps):
+                dots[k, i] = torch.vdot(ws.h.view(-1), ws.maps[i].view(-1)).real
+        if needs_grad and images:
+            # The adjoint of fft2 is the unnormalised inverse transform.
+            torch.fft.ifft2(ws.h_sum, norm="forward", out=ws.h_sum)
+            d_phase, d_log_amplitude = _OBJECT_GRADIENT(torch.view_as_real(ws.h_sum), ws.psi_re, ws.psi_im)
+            d_defocus = (dots[:, 0] + defocus.double() * dots[:, 1]).to(defocus_nm.dtype)
+            d_shift = dots[:, 2:].to(shifts_px.dtype)
+            ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
+        return torch.tensor(misfit, dtype=torch.float32, device=data.device)
 
 
 class _SeriesMisfitFunction(torch.autograd.Function):

@@ -185,13 +185,15 @@ class ForwardModel:
         """Mean over the ``active`` images (N, 0 or 1) of the mean squared difference between the
         predicted images and ``data``.
 
-        A float32 model with fixed coherence takes the fused path (:class:`fused.SeriesMisfit`:
-        misfit and analytic gradient in one pass over the series, first order only); refined
-        coherence parameters or a float64 model go through autograd of :meth:`__call__`.
+        A float32 model on the CPU with fixed coherence takes the fast path
+        (:class:`fused.SeriesMisfit`: misfit and analytic gradient in one pass over the series,
+        first order only, images of ``active`` 0 skipped). Refined coherence parameters, a float64
+        model or a GPU (where the fast path is untested) use autograd through :meth:`__call__`.
         """
         weight = (active / active.sum()).to(data.dtype)
         coherence = (params.beam_divergence, params.defocus_spread)
-        if self.q2.dtype != torch.float32 or any(leaf.requires_grad for leaf in coherence):
+        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
+        if plain or any(leaf.requires_grad for leaf in coherence):
             per_image = torch.mean((self(params, refine_shifts) - data) ** 2, dim=(1, 2))
             return torch.sum(per_image * weight)
         shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
