@@ -283,9 +283,10 @@ class _SeriesMisfitFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         if not ctx.saved_tensors:  # no image had weight
             return (None,) * 9
-        d_phase, d_log_amplitude, d_defocus, d_shift = ctx.saved_tensors
-        scaled = (grad_output * d for d in (d_phase, d_log_amplitude, d_defocus, d_shift))
-        return (*scaled, None, None, None, None, None)
+        gradients = ctx.saved_tensors
+        if grad_output != 1:  # a loss's own backward passes 1: no full-size pass for it
+            gradients = [grad_output * d for d in gradients]
+        return (*gradients, None, None, None, None, None)
 
 
 class _TotalVariationFunction(torch.autograd.Function):
@@ -298,7 +299,7 @@ class _TotalVariationFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (gradient,) = ctx.saved_tensors
-        return grad_output * gradient, None
+        return gradient if grad_output == 1 else grad_output * gradient, None
 
 
 def total_variation(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
