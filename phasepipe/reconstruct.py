@@ -25,6 +25,7 @@ import xarray as xr
 from scipy import ndimage
 
 from phasepipe import fused, physics
+from phasepipe.fused import total_variation
 from phasepipe.tie import tie_phase
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
         active = torch.as_tensor(included <= it, dtype=data.dtype, device=data.device)
         misfit = model.misfit(params, data, active, "shifts" in settings.refine)
-        loss = misfit + tv_weight * fused.total_variation(params.phase)
+        loss = misfit + tv_weight * total_variation(params.phase)
         loss.backward()
         for name, opt in optimisers.items():
             if it > settings.options[name].start:
