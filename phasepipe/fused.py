@@ -6,13 +6,16 @@ buffers, dtype promotions. :class:`SeriesMisfit` computes the misfit of a series
 together, in the 2N + 2 FFTs they need, with every image's work between them fused:
 
 - forward, per image: S = Psi T R (psi's spectrum times the transfer function of
-  :mod:`phasepipe.physics` and the drift ramp), one kernel that also keeps conj(T R); the image
-  mean by Parseval from sum |S|^2, so that W = F^-1 S is read once, by the kernel that forms the
-  residual of the mean-normalised image and dL/dW;
+  :mod:`phasepipe.physics` and the drift ramp, T R from one compiled kernel); the image mean by
+  Parseval from sum |S|^2, so that W = F^-1 S is read once, by the kernel that forms the residual
+  of the mean-normalised image and dL/dW;
 - backward, per image: dL/dS = F[dL/dW] / P minus the mean normalisation's term, a multiple of S;
   h = conj(T R) dL/dS, summed into dL/dPsi. The gradient of any scalar microscope parameter theta is
-  Re <h, Psi d log(T R)/d theta>: a dot product with a map computed once per iteration, because
+  Re <h, Psi d log(T R)/d theta>: a dot product with a map made once per iteration, because
   d log T/d df is linear in df and d log R/d shift does not depend on the shift.
+
+Each image is done start to end, forward and backward, before the next, while its buffers are in
+cache; images of weight 0 (not yet admitted by the defocus continuation) are skipped.
 
 Compiled kernels (torch inductor, on first use for each image size; eager where compilation is
 unavailable) do the real arithmetic on planar float32 maps, and ATen's vectorised complex ops and
@@ -48,7 +51,7 @@ class _Kernel:
             compiled = torch.compile(self.fn, dynamic=False)
             try:
                 result = compiled(*args)
-            except Exception as error:  # noqa: BLE001 - any compiler failure: the eager kernel is exact too
+            except Exception as error:  # any compiler failure: the eager kernel computes the same
                 log.warning("torch.compile of %s failed (%s); running it eagerly", self.fn.__name__, error)
                 self.run = self.fn
             else:
