@@ -76,12 +76,24 @@ def transfer_coefficients(
     return e0, e1, e2, p0, p1
 
 
+def transfer_exponent(coefficients: tuple, defocus_nm) -> tuple:
+    """(log|T|, arg T) for the maps of :func:`transfer_coefficients` at ``defocus_nm``."""
+    e0, e1, e2, p0, p1 = coefficients
+    return e0 + defocus_nm * (e1 + defocus_nm * e2), p0 + defocus_nm * p1
+
+
+def transfer_log_derivative(coefficients: tuple) -> tuple:
+    """d(log T)/d(df) = (real + slope df) + i imag for the maps of :func:`transfer_coefficients`,
+    returned as (real, imag, slope)."""
+    _, e1, e2, _, p1 = coefficients
+    return e1, p1, 2 * e2
+
+
 def transfer_from_coefficients(coefficients: tuple, defocus_nm):
     """T for the maps of :func:`transfer_coefficients` at ``defocus_nm`` (broadcast against them)."""
-    e0, e1, e2, p0, p1 = coefficients
-    xp = _xp(e0)
-    magnitude = xp.exp(e0 + defocus_nm * (e1 + defocus_nm * e2))
-    angle = p0 + defocus_nm * p1
+    xp = _xp(coefficients[0])
+    log_magnitude, angle = transfer_exponent(coefficients, defocus_nm)
+    magnitude = xp.exp(log_magnitude)
     # torch's complex exp is several times slower than a real exp and a polar.
     return torch.polar(magnitude, angle) if xp is torch else magnitude * np.exp(1j * angle)
 
@@ -104,12 +116,17 @@ def transfer_function(
     return transfer_from_coefficients(coefficients, defocus_nm)
 
 
-def shift_ramp(qy, qx, shift_px, pixel_size_nm: float):
-    """Fourier factor that moves an image by ``shift_px`` = (..., 2) pixels (y, x)."""
-    xp = _xp(shift_px)
+def shift_angle(qy, qx, shift_px, pixel_size_nm: float):
+    """Phase (rad) of the Fourier factor that moves an image by ``shift_px`` = (..., 2) pixels (y, x)."""
     dy = shift_px[..., 0, None, None] * pixel_size_nm
     dx = shift_px[..., 1, None, None] * pixel_size_nm
-    arg = -2 * np.pi * (qy * dy + qx * dx)
+    return -2 * np.pi * (qy * dy + qx * dx)
+
+
+def shift_ramp(qy, qx, shift_px, pixel_size_nm: float):
+    """Fourier factor exp(i :func:`shift_angle`) that moves an image by ``shift_px`` pixels."""
+    xp = _xp(shift_px)
+    arg = shift_angle(qy, qx, shift_px, pixel_size_nm)
     return xp.cos(arg) + 1j * xp.sin(arg)
 
 

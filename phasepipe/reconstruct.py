@@ -24,7 +24,8 @@ import torch
 import xarray as xr
 from scipy import ndimage
 
-from phasepipe import physics
+from phasepipe import fused, physics
+from phasepipe.fused import total_variation
 from phasepipe.tie import tie_phase
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class ForwardModel:
         self.cs_nm = microscope.cs_mm * 1e6
         self._fixed_coefficients: tuple = ()
         self._fixed_key: tuple = ()
+        self._series_misfit = fused.SeriesMisfit(self.qy, self.qx, self.wavelength_nm, self.cs_nm, self.pixel_size_nm)
 
     def transfer(self, params: Parameters, defocus_nm: torch.Tensor) -> torch.Tensor:
         """T of every image. Its q-maps (:func:`physics.transfer_coefficients`) depend only on the
@@ -185,6 +187,33 @@ class ForwardModel:
         # Mean-normalised: exposure and the envelopes' loss of mean intensity drop out.
         return intensity / intensity.mean(dim=(1, 2), keepdim=True)
 
+    def misfit(self, params: Parameters, data: torch.Tensor, active: torch.Tensor, refine_shifts: bool) -> torch.Tensor:
+        """Mean over the ``active`` images (N, 0 or 1) of the mean squared difference between the
+        predicted images and ``data``.
+
+        A float32 model on the CPU with fixed coherence takes the fast path
+        (:class:`fused.SeriesMisfit`: misfit and analytic gradient in one pass over the series,
+        first order only, images of ``active`` 0 skipped). Refined coherence parameters, a float64
+        model or a GPU (where the fast path is untested) use autograd through :meth:`__call__`.
+        """
+        weight = (active / active.sum()).to(data.dtype)
+        coherence = (params.beam_divergence, params.defocus_spread)
+        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
+        if plain or any(leaf.requires_grad for leaf in coherence):
+            per_image = torch.mean((self(params, refine_shifts) - data) ** 2, dim=(1, 2))
+            return torch.sum(per_image * weight)
+        shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
+        return self._series_misfit(
+            params.phase,
+            params.log_amplitude,
+            params.defocus_nm(),
+            shifts,
+            data,
+            weight,
+            params.beam_divergence_rad(),
+            params.defocus_spread_nm(),
+        )
+
 
 def remove_isolated_wraps(phase: np.ndarray) -> np.ndarray:
     """Undo single pixels that sit a multiple of 2 pi away from their neighbourhood.
@@ -194,13 +223,6 @@ def remove_isolated_wraps(phase: np.ndarray) -> np.ndarray:
     """
     local = ndimage.median_filter(phase, size=3, mode="wrap")
     return phase - 2 * np.pi * np.round((phase - local) / (2 * np.pi))
-
-
-def total_variation(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Isotropic, slightly smoothed, periodic total variation (mean over pixels)."""
-    dy = phase - torch.roll(phase, 1, 0)
-    dx = phase - torch.roll(phase, 1, 1)
-    return torch.sqrt(dy**2 + dx**2 + eps**2).mean()
 
 
 def noise_level(images: np.ndarray) -> float:
@@ -248,7 +270,9 @@ def fit(
     included = continuation_schedule(params.defocus_start_nm.cpu().numpy(), settings.continuation_step)
     refined = [group for name in settings.refine for group in GROUPS[name]]
     groups = ["phase", "log_amplitude", *refined]
-    optimisers = {name: torch.optim.Adam([getattr(params, name)], lr=settings.options[name].lr) for name in groups}
+    optimisers = {
+        name: torch.optim.Adam([getattr(params, name)], lr=settings.options[name].lr, fused=True) for name in groups
+    }
     for name in REFINABLE:
         for group in GROUPS[name]:
             getattr(params, group).requires_grad_(group in refined)
@@ -262,10 +286,8 @@ def fit(
     for it in range(1, settings.max_iterations + 1):
         for opt in optimisers.values():
             opt.zero_grad(set_to_none=True)
-        predicted = model(params, "shifts" in settings.refine)
-        per_image = torch.mean((predicted - data) ** 2, dim=(1, 2))
-        active = torch.as_tensor(included <= it, dtype=per_image.dtype, device=per_image.device)
-        misfit = torch.sum(per_image * active) / active.sum()
+        active = torch.as_tensor(included <= it, dtype=data.dtype, device=data.device)
+        misfit = model.misfit(params, data, active, "shifts" in settings.refine)
         loss = misfit + tv_weight * total_variation(params.phase)
         loss.backward()
         for name, opt in optimisers.items():
