@@ -179,14 +179,17 @@ echo "test-cluster: SLURM up on $NODE ($NODE_LINE), ports $CTLD_PORT/$SLURMD_POR
 # --- The demo, locally and through SLURM, each in its own folder with the same config.
 mkdir -p "$RUN/local" "$RUN/slurm"
 echo "test-cluster: local run (log: $RUN/local/snakemake.log)"
+T0=$SECONDS
 (cd "$RUN/local" && snakemake --snakefile "$ROOT/Snakefile" --workflow-profile "$ROOT/workflow/profiles/default" \
     --cores all "$@" > snakemake.log 2>&1) || { tail -30 "$RUN/local/snakemake.log"; exit 1; }
-echo "test-cluster: SLURM run (log: $RUN/slurm/snakemake.log)"
+echo "test-cluster: local run done in $((SECONDS - T0)) s; SLURM run (log: $RUN/slurm/snakemake.log)"
+T0=$SECONDS
 # The executor's settings for a cluster without an accounting database: squeue instead of sacct,
 # and the first status check after 5 s instead of 40, the demo's jobs being short.
 (cd "$RUN/slurm" && snakemake --snakefile "$ROOT/Snakefile" --workflow-profile "$ROOT/workflow/profiles/slurm" \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 "$@" > snakemake.log 2>&1) ||
     { tail -30 "$RUN/slurm/snakemake.log"; exit 1; }
+echo "test-cluster: SLURM run done in $((SECONDS - T0)) s"
 
 # What SLURM remembers of the jobs it ran (MinJobAge): id, state, and the rule in the comment.
 squeue --noheader --states=all --format '%i|%T|%k' > "$RUN/squeue.txt"

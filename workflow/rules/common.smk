@@ -1,6 +1,7 @@
 import functools
 import json
 import math
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -34,18 +35,24 @@ def as_json(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+@functools.cache
+def existing_files(series: str) -> tuple[str, ...]:
+    """A series' image files that exist (looked up once per series, as several rules ask)."""
+    if DEMO:
+        return ()
+    try:
+        return tuple(str(p) for p in ROWS[series].paths() if p.is_file())
+    except io.InputError:
+        return ()
+
+
 def series_files(wildcards) -> list[str]:
     """A series' existing image files, so that edits to them re-run its ingestion.
 
     Missing files are not declared: ingestion reports them as that series' failure instead of
     Snakemake refusing the whole campaign.
     """
-    if DEMO:
-        return []
-    try:
-        return [str(p) for p in ROWS[wildcards.series].paths() if p.is_file()]
-    except io.InputError:
-        return []
+    return list(existing_files(wildcards.series))
 
 
 def ingest_inputs(wildcards) -> dict:
@@ -71,16 +78,16 @@ def store(stage: str, series: str = "{series}") -> str:
 
 # Job sizes, for cluster schedulers (workflow/profiles/slurm). A per-series job asks for a fixed
 # part plus a multiple of its series' size, times the attempt: a job killed for memory or walltime
-# is retried (the profile's `retries`) with twice, then three times as much. Memory: the peak RSS
-# measured for 1024^2 and 2048^2 x 3 float32 series (12 and 48 MB; docs/architecture.md), its
-# slope with a quarter added and its fixed part with 300 MB or more; runtimes: twice the measured.
+# is retried (the profile's `retries`) with twice, then three times as much. Memory: a line through
+# the peak RSS measured on 1024^2 and 2048^2 x 3 float32 series (12.6 and 50.3 MB), its slope and
+# fixed part each rounded up by a quarter or more (docs/architecture.md); runtimes: twice the measured.
 MEM_MB = {  # stage: (fixed MB, MB per MB of series)
     "ingest": (500, 3),
     "align": (500, 6),
     "reconstruct": (1500, 72),
 }
-# Reconstruction time on one thread: setup, TIE start and uncertainties, then each iteration
-# (20 ms per MB: benchmarks/reconstruct_speed.py at 1024^2 x 5); `iterations: auto` is capped.
+# Reconstruction time on one thread: set-up, TIE start and uncertainties (1.6 s per MB measured),
+# then each iteration (20 ms per MB: benchmarks/reconstruct_speed.py at 1024^2 x 5), at most the cap.
 RECONSTRUCT_S_PER_MB = 2.0
 ITERATION_S_PER_MB = 0.02
 MAX_ITERATIONS = (
@@ -90,17 +97,10 @@ MAX_ITERATIONS = (
 )
 
 
-@functools.cache
 def series_mb(series: str) -> float:
     """The series' image files in MB, from the file system's sizes only: nothing is read while
-    the DAG is built. 0 while the files do not exist (the demo's, before it is simulated)."""
-    if DEMO:
-        return 0.0
-    try:
-        paths = ROWS[series].paths()
-    except io.InputError:
-        return 0.0
-    return sum(p.stat().st_size for p in paths if p.is_file()) / 1e6
+    the DAG is built. 0 for the demo, whose files are simulated by a job of the run."""
+    return sum(os.path.getsize(f) for f in existing_files(series)) / 1e6
 
 
 def mem_mb(stage: str):
