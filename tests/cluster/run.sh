@@ -106,7 +106,7 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succe
 mkdir -p "$RUN/munge" "$RUN/munge-key" "$RUN/log" "$RUN/state" "$RUN/spool"
 chmod 700 "$RUN/munge-key"
 mungekey --create --keyfile "$RUN/munge-key/munge.key"
-munged --foreground --force --socket "$RUN/munge/munge.socket" --key-file "$RUN/munge-key/munge.key" \
+munged --foreground --socket "$RUN/munge/munge.socket" --key-file "$RUN/munge-key/munge.key" \
     --pid-file "$RUN/munge/munged.pid" --seed-file "$RUN/munge/munged.seed" \
     --log-file "$RUN/log/munged.log" > "$RUN/log/munged.out" 2>&1 &
 PIDS+=($!)
