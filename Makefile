@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-cluster lint format clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	pytest
+
+# The demo through a real single-node SLURM on this machine, against a local run (needs root:
+# installs slurm-wlm and munge where missing; skips with a message otherwise).
+test-cluster: setup
+	tests/cluster/run.sh
 
 lint: setup
 	ruff check phasepipe tests benchmarks

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -163,3 +165,68 @@ def test_two_runs_give_byte_identical_tables(tmp_path, campaign):
         tables.append((workdir / "out" / "releases" / latest / "parameters.csv").read_bytes())
     assert tables[0] == tables[1]
     assert tables[0].count(b"\n") == 7  # header and 3 images of each good series
+
+
+def write_synthetic_sheet(folder: Path, n_series: int) -> Path:
+    """A sheet of ``n_series`` series, each naming one empty file: no real data, as the dry run of
+    a campaign only states files (and never reads them) while it builds the DAG."""
+    rows = ["series\tfiles\tdefocus_nm\tpixel_size_nm"]
+    for i in range(n_series):
+        (folder / f"s{i:03d}.tif").touch()
+        rows.append(f"s{i:03d}\ts{i:03d}.tif\t-1600000,0,1600000\t5.0")
+    sheet = folder / "series.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    return sheet
+
+
+@pytest.mark.parametrize("profile", ["default", "slurm"])
+def test_dry_run_of_a_500_series_campaign(tmp_path, profile):
+    """The dry run of a 500-series sheet plans every job; with the SLURM profile, ingest and align
+    of each series form one group job. Its time is benchmarks/dry_run_speed.py's."""
+    sheet = write_synthetic_sheet(tmp_path, 500)
+    result = run_snakemake(
+        tmp_path,
+        {"series_sheet": str(sheet)},
+        "-n",
+        "--workflow-profile",
+        str(ROOT / "workflow" / "profiles" / profile),
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert counts == {
+        "ingest": "500",
+        "align": "500",
+        "reconstruct": "500",
+        "aggregate": "1",
+        "release": "1",
+        "all": "1",
+        "total": "1503",
+    }
+    assert result.stdout.count("Group job prepare") == (500 if profile == "slurm" else 0)
+
+
+def test_job_resources_grow_with_series_size_and_threads(tmp_path):
+    """A series of 100 MB of files asks for more memory and walltime than an empty one, in
+    proportion (workflow/rules/common.smk), and reconstruction's walltime divides among its
+    threads, which are also its cores. The files are sparse: stated, never read."""
+    sheet = write_synthetic_sheet(tmp_path, 2)
+    os.truncate(tmp_path / "s001.tif", 100_000_000)
+    result = run_snakemake(tmp_path, {"series_sheet": str(sheet)}, "-n", "--set-threads", "reconstruct=2")
+    assert result.returncode == 0, result.stdout[-2000:]
+    jobs = re.findall(
+        r"rule (\w+):\n(?:.*\n)*?\s+wildcards: series=(\w+)\n(?:\s+threads: \d+\n)?\s+resources: (.*)", result.stdout
+    )
+    resources = {(rule, series): dict(kv.split("=") for kv in res.split(", ")) for rule, series, res in jobs}
+    mem = {key: int(res["mem_mb"]) for key, res in resources.items()}
+    assert mem == {
+        ("ingest", "s000"): 500,
+        ("ingest", "s001"): 500 + 3 * 100,
+        ("align", "s000"): 500,
+        ("align", "s001"): 500 + 6 * 100,
+        ("reconstruct", "s000"): 1500,
+        ("reconstruct", "s001"): 1500 + 72 * 100,
+    }
+    # (2 s + 4000 iterations x 0.02 s) per MB, twice that, on 2 threads, plus 10 minutes
+    assert resources["reconstruct", "s001"]["runtime"] == str(10 + math.ceil(2 * 82 * 100 / 2 / 60))
+    assert resources["reconstruct", "s000"]["runtime"] == "10"
+    assert resources["reconstruct", "s001"]["cpus_per_task"] == "2"

@@ -14,7 +14,8 @@ rule aggregate:
     log:
         str(LOGS / "aggregate.log"),
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: attempt * 4000,
+        runtime=campaign_runtime,
     shell:
         "phasepipe aggregate --stores {input} --out {output} --campaign {params.campaign:q}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule align:
     log:
         str(LOGS / "align" / "{series}.log"),
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb("align"),
+        runtime=lambda wildcards, attempt: attempt * 10,
     shell:
         "phasepipe align --in {input} --out {output} --settings {params.settings:q} > {log} 2>&1"

@@ -1,9 +1,12 @@
+import functools
 import json
+import math
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from phasepipe import io, simulate
+from phasepipe import io, reconstruct, simulate
 
 RESULTS = Path(config["results_dir"])
 WORK = RESULTS / "work"
@@ -32,18 +35,24 @@ def as_json(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+@functools.cache
+def existing_files(series: str) -> tuple[str, ...]:
+    """A series' image files that exist (looked up once per series, as several rules ask)."""
+    if DEMO:
+        return ()
+    try:
+        return tuple(str(p) for p in ROWS[series].paths() if p.is_file())
+    except io.InputError:
+        return ()
+
+
 def series_files(wildcards) -> list[str]:
     """A series' existing image files, so that edits to them re-run its ingestion.
 
     Missing files are not declared: ingestion reports them as that series' failure instead of
     Snakemake refusing the whole campaign.
     """
-    if DEMO:
-        return []
-    try:
-        return [str(p) for p in ROWS[wildcards.series].paths() if p.is_file()]
-    except io.InputError:
-        return []
+    return list(existing_files(wildcards.series))
 
 
 def ingest_inputs(wildcards) -> dict:
@@ -65,3 +74,52 @@ def sheet_row(wildcards) -> str:
 
 def store(stage: str, series: str = "{series}") -> str:
     return str(WORK / stage / f"{series}.zarr")
+
+
+# Job sizes, for cluster schedulers (workflow/profiles/slurm). A per-series job asks for a fixed
+# part plus a multiple of its series' size, times the attempt: a job killed for memory or walltime
+# is retried (the profile's `retries`) with twice, then three times as much. Memory: a line through
+# the peak RSS measured on 1024^2 and 2048^2 x 3 float32 series (12.6 and 50.3 MB), its slope and
+# fixed part each rounded up by a quarter or more (docs/architecture.md); runtimes: twice the measured.
+MEM_MB = {  # stage: (fixed MB, MB per MB of series)
+    "ingest": (500, 3),
+    "align": (500, 6),
+    "reconstruct": (1500, 72),
+}
+# Reconstruction time on one thread: set-up, TIE start and uncertainties (1.6 s per MB measured),
+# then each iteration (20 ms per MB: benchmarks/reconstruct_speed.py at 1024^2 x 5), at most the cap.
+RECONSTRUCT_S_PER_MB = 2.0
+ITERATION_S_PER_MB = 0.02
+MAX_ITERATIONS = (
+    reconstruct.Settings.max_iterations
+    if config["reconstruction"]["iterations"] == "auto"
+    else int(config["reconstruction"]["iterations"])
+)
+
+
+def series_mb(series: str) -> float:
+    """The series' image files in MB, from the file system's sizes only: nothing is read while
+    the DAG is built. 0 for the demo, whose files are simulated by a job of the run."""
+    return sum(os.path.getsize(f) for f in existing_files(series)) / 1e6
+
+
+def mem_mb(stage: str):
+    """A rule's `mem_mb`: the stage's fixed part plus its multiple of the series' size, times the attempt."""
+    fixed, per_mb = MEM_MB[stage]
+    return lambda wildcards, attempt: attempt * math.ceil(fixed + per_mb * series_mb(wildcards.series))
+
+
+def reconstruct_runtime(wildcards, threads, attempt) -> int:
+    """Walltime (minutes) of a reconstruction: linear in the series' size and the iteration cap,
+    divided among the job's threads (one tile per thread once reconstruction is tiled)."""
+    seconds = (RECONSTRUCT_S_PER_MB + MAX_ITERATIONS * ITERATION_S_PER_MB) * series_mb(wildcards.series)
+    return attempt * (10 + math.ceil(2 * seconds / threads / 60))
+
+
+def campaign_runtime(wildcards, attempt) -> int:
+    """Walltime (minutes) of aggregate and release, which read (and checksum) every series:
+    a minute per GB of the campaign's image files, not measured at scale yet."""
+    return attempt * (10 + math.ceil(sum(series_mb(s) for s in SERIES) / 1000))
+
+
+GPUS = 1 if config["reconstruction"]["device"] == "cuda" else 0

@@ -10,7 +10,8 @@ rule ingest:
     log:
         str(LOGS / "ingest" / "{series}.log"),
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb("ingest"),
+        runtime=lambda wildcards, attempt: attempt * 10,
     shell:
         "phasepipe ingest --sheet {params.sheet:q} --series {wildcards.series}"
         " --microscope {params.microscope:q} --out {output} > {log} 2>&1"

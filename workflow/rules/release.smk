@@ -10,7 +10,8 @@ rule release:
     log:
         str(LOGS / "release.log"),
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wildcards, attempt: attempt * 2000,
+        runtime=campaign_runtime,
     shell:
         "phasepipe release --aggregate {input.aggregate} --stores {input.stores}"
         " --releases {RESULTS}/releases --name {params.name:q} --config {params.config:q}"

@@ -4,6 +4,7 @@ rule simulate_demo:
     log:
         str(LOGS / "simulate_demo.log"),
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wildcards, attempt: attempt * 2000,
+        runtime=lambda wildcards, attempt: attempt * 10,
     shell:
         "phasepipe simulate --demo {WORK}/demo > {log} 2>&1"

@@ -1,0 +1,107 @@
+"""Checks of `make test-cluster` (tests/cluster/run.sh) on the folder of its two runs.
+
+1. Every job of the SLURM run went through SLURM: each SLURM job id the executor reported is one
+   SLURM ran to COMPLETED (squeue --states=all, which keeps finished jobs for MinJobAge), and
+   together they cover every rule of the demo.
+2. The SLURM run published the same release as the local run: the same release id (the same
+   software, config and input checksums) and the same checksum for every output file, but for
+   the reconstruction's wall time, which the series' store attributes and summary record.
+
+Usage: python tests/cluster/check.py RUN_FOLDER (with local/, slurm/ and squeue.txt in it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+TIMED = "seconds"  # the one field that differs between two runs of the same release
+
+
+def fail(message: str) -> None:
+    sys.exit(f"test-cluster: FAILED: {message}")
+
+
+def slurm_jobs(run: Path) -> dict[str, str]:
+    """The SLURM jobs of the SLURM run: id -> comment (the plugin writes rule and wildcards)."""
+    log = (run / "slurm" / "snakemake.log").read_text()
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    if not submitted:
+        fail("the SLURM run reported no SLURM job")
+    known = {}
+    for line in (run / "squeue.txt").read_text().splitlines():
+        jobid, state, comment = line.split("|", 2)
+        known[jobid] = (state, comment)
+    jobs = {}
+    for jobid in submitted:
+        state, comment = known.get(jobid, ("unknown to SLURM", ""))
+        if state != "COMPLETED":
+            fail(f"SLURM job {jobid} ({comment}): {state}")
+        jobs[jobid] = comment
+    return jobs
+
+
+def check_rules(jobs: dict[str, str], series: list[str]) -> None:
+    """One SLURM job per series for ingest + align (the profile's group) and for reconstruct,
+    one each for simulate_demo, aggregate and release."""
+    comments = sorted(jobs.values())
+    expected = sorted(
+        ["rule_simulate_demo", "rule_aggregate", "rule_release"]
+        + ["rule_prepare_align_ingest"] * len(series)
+        + [f"rule_reconstruct_wildcards_{s}" for s in series]
+    )
+    if comments != expected:
+        fail(f"SLURM ran {comments}, expected {expected}")
+
+
+def release(results: Path) -> tuple[str, Path]:
+    rid = (results / "releases" / "LATEST").read_text().strip()
+    return rid, results / "releases" / rid
+
+
+def untimed(name: str, path: Path) -> object:
+    """An output file's content without the reconstruction's wall time."""
+    if name.endswith("zarr.json"):
+        meta = json.loads(path.read_text())
+        meta.get("attributes", {}).pop(TIMED, None)
+        return meta
+    if name == "series_summary.csv":
+        return pd.read_csv(path).drop(columns=TIMED).to_csv(index=False)
+    return path.read_bytes()
+
+
+def check_release(run: Path) -> tuple[str, int]:
+    rid, local = release(run / "local" / "results")
+    slurm_rid, slurm = release(run / "slurm" / "results")
+    if slurm_rid != rid:
+        fail(f"the SLURM run published release {slurm_rid}, the local run {rid}")
+    outputs = {}
+    for folder in (local, slurm):
+        outputs[folder] = json.loads((folder / "manifest.json").read_text())["outputs"]
+    if set(outputs[local]) != set(outputs[slurm]):
+        fail(f"release {rid}: the runs' files differ: {sorted(set(outputs[local]) ^ set(outputs[slurm]))}")
+    for name, digest in outputs[local].items():
+        if digest != outputs[slurm][name] and untimed(name, local / name) != untimed(name, slurm / name):
+            fail(f"release {rid}: {name} differs between the local and the SLURM run")
+    return rid, len(outputs[local])
+
+
+def main(run: Path) -> None:
+    jobs = slurm_jobs(run)
+    sheet = run / "local" / "results" / "work" / "demo" / "series.tsv"
+    series = sorted(pd.read_csv(sheet, sep="\t")["series"])
+    check_rules(jobs, series)
+    rid, n_files = check_release(run)
+    print(
+        f"test-cluster: {len(jobs)} SLURM jobs COMPLETED (SLURM ids {min(jobs, key=int)}-{max(jobs, key=int)}) "
+        f"for {len(series)} series; release {rid} of the SLURM run equals the local run's "
+        f"({n_files} files, equal but for the reconstruction's wall time)"
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
