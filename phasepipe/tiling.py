@@ -51,6 +51,7 @@ ENVELOPE_FLOOR = 0.05
 # (measured by benchmarks/tiling_speed.py; the forward model keeps a few complex maps per image
 # for the backward pass).
 TILE_BASE_MB = 600
+CONNECT_TIMEOUT_S = 20  # waiting for an existing Dask scheduler (dask.scheduler: tcp://...)
 TILE_BYTES_PER_PX_IMAGE = 260
 
 
@@ -558,7 +559,7 @@ def dask_client(scheduler: str, workers: int, memory_mb: int | None) -> Iterator
 
     if scheduler.startswith("tcp://"):
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise TilingError(f"dask.scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from exc
         with client:
