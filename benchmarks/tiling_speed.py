@@ -72,7 +72,7 @@ def peak_rss_mb() -> float:
 
 def run(job: tiling.TileJob, tiles: list[tiling.Tile], workers: int) -> tuple[float, list[float]]:
     """Wall time of fitting ``tiles`` on ``workers`` worker processes, and each worker's peak memory."""
-    with tiling.dask_client("local", workers, None) as client:
+    with tiling.dask_client("local", workers) as client:
         client.wait_for_workers(workers)
         t0 = time.perf_counter()
         client.gather(client.map(tiling.run_tile, [job] * len(tiles), tiles, pure=False))

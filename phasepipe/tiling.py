@@ -1,16 +1,19 @@
 """Chunked reconstruction of large fields: tiles with a halo, Dask tasks, seamless stitching, resume.
 
 A field larger than one tile is cut into tiles of ``tile_px`` on the store's chunk grid, each
-widened by ``halo_px`` on every side into the window that :func:`phasepipe.reconstruct.reconstruct`
-fits (docs/physics.md, "Tiling"). The steps, each a pure function here, with the side effects
-(Zarr reads and writes, records, Dask) in :func:`reconstruct_tiled` and the task functions:
+widened by ``halo_px`` on every side into the data window that
+:func:`phasepipe.reconstruct.reconstruct` fits on a canvas a further ``halo_px`` wider, free of
+data (docs/physics.md, "Tiling"). The steps, pure functions where they can be, with the side
+effects (Zarr reads and writes, records, Dask) in :func:`reconstruct_tiled` and the task functions:
 
 1. :func:`tile_grid` and :func:`auto_halo_px`: geometry and the halo the Fresnel spread needs.
-2. One Dask task per tile reads its window lazily from the aligned Zarr store, reconstructs it
-   and leaves a record (maps and parameters) under ``results_dir/work/tiles/<series>/<fingerprint>/``,
-   outside the rule's output, so that a killed job resumes from the finished tiles.
-3. :func:`reconcile`: every tile's arbitrary phase constant and gradient (and log amplitude
-   constant) by least squares over the overlaps.
+2. One Dask task per tile, and one for the whole field binned into one tile, reads its data
+   lazily from the aligned Zarr store, reconstructs it and leaves a record (maps and parameters)
+   under ``results_dir/work/tiles/<series>/<fingerprint>/``, outside the rule's output, so that a
+   killed job resumes from the finished tiles.
+3. :func:`anchor`: each tile's low spatial frequencies from the binned fit; :func:`reconcile`:
+   every tile's remaining phase constant and gradient (and log amplitude constant) by least
+   squares over the overlaps.
 4. :func:`blend_weights` and one task per output chunk: the tiles covering it, blended with
    weights that sum to one, written into that chunk alone.
 """
@@ -51,8 +54,8 @@ ENVELOPE_FLOOR = 0.05
 # (measured by benchmarks/tiling_speed.py; the forward model keeps a few complex maps per image
 # for the backward pass).
 TILE_BASE_MB = 600
-CONNECT_TIMEOUT_S = 20  # waiting for an existing Dask scheduler (dask.scheduler: tcp://...)
 TILE_BYTES_PER_PX_IMAGE = 260
+CONNECT_TIMEOUT_S = 20  # waiting for an existing Dask scheduler (dask.scheduler: tcp://...)
 
 
 class TilingError(ValueError):
@@ -232,11 +235,10 @@ def reconcile(n_tiles: int, terms: int, pairs: list[tuple[int, int, np.ndarray, 
     every tile changes no overlap: the minimum-norm solution, whose corrections sum to zero, is
     taken, so the field as a whole keeps the tiles' mean.
     """
-    k = terms
-    normal = np.zeros((n_tiles * k, n_tiles * k))
-    rhs = np.zeros(n_tiles * k)
+    normal = np.zeros((n_tiles * terms, n_tiles * terms))
+    rhs = np.zeros(n_tiles * terms)
     for a, b, gram, h in pairs:
-        sa, sb = slice(a * k, (a + 1) * k), slice(b * k, (b + 1) * k)
+        sa, sb = slice(a * terms, (a + 1) * terms), slice(b * terms, (b + 1) * terms)
         normal[sa, sa] += gram
         normal[sb, sb] += gram
         normal[sa, sb] -= gram
@@ -244,7 +246,7 @@ def reconcile(n_tiles: int, terms: int, pairs: list[tuple[int, int, np.ndarray, 
         rhs[sa] += h
         rhs[sb] -= h
     solution = np.linalg.lstsq(normal, rhs, rcond=None)[0]
-    return solution.reshape(n_tiles, k)
+    return solution.reshape(n_tiles, terms)
 
 
 def neighbours(tiles: list[Tile]) -> list[tuple[int, int]]:
@@ -273,10 +275,13 @@ def combine_parameters(summaries: list[dict]) -> dict:
         "defocus_std_nm": spread(defocus) if n > 1 else np.asarray(summaries[0]["defocus_std_nm"]),
         "shifts_px": np.mean([s["shifts_px"] for s in summaries], axis=0),
     }
-    for key in ("beam_divergence_mrad", "defocus_spread_nm"):
+    for key, std_key in (
+        ("beam_divergence_mrad", "beam_divergence_std_mrad"),
+        ("defocus_spread_nm", "defocus_spread_std_nm"),
+    ):
         values = np.array([s[key] for s in summaries])
         combined[key] = float(values.mean())
-        combined[key.replace("_mrad", "_std_mrad").replace("_nm", "_std_nm")] = float(spread(values)) if n > 1 else 0.0
+        combined[std_key] = float(spread(values)) if n > 1 else 0.0
     for key in ("loss", "noise", "tv_weight"):
         combined[key] = float(np.mean([s[key] for s in summaries]))
     combined["iterations"] = int(max(s["iterations"] for s in summaries))
@@ -552,7 +557,7 @@ def plan_workers(threads: int, memory_mb: int | None, n_tiles: int, per_tile_mb:
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str, workers: int, memory_mb: int | None) -> Iterator:
+def dask_client(scheduler: str, workers: int) -> Iterator:
     """A ``distributed`` client for ``dask.scheduler``: a LocalCluster of worker processes
     (local), threads in this process (threads), or an existing scheduler (tcp://host:port)."""
     from distributed import Client, LocalCluster
@@ -572,7 +577,10 @@ def dask_client(scheduler: str, workers: int, memory_mb: int | None) -> Iterator
         n_workers=workers if processes else 1,
         threads_per_worker=1 if processes else workers,
         processes=processes,
-        memory_limit=f"{memory_mb // workers}MB" if memory_mb and processes else "auto",
+        # Memory sized the number of workers (plan_workers); a per-worker limit would have Dask
+        # pause or restart a worker whose tile's fit runs over its estimate, so the job's own
+        # limit (the batch system's) is the one that holds.
+        memory_limit=0,
         dashboard_address=None,
         silence_logs=logging.WARNING,
     )
@@ -635,7 +643,7 @@ def reconstruct_tiled(
         str(store), str(records), tuple(map(float, nominal)), pixel, microscope, settings, halo, torch_threads
     )
     factor = math.ceil(max(shape) / tiling.tile_px)  # the binned whole field fits in one tile
-    with dask_client(tiling.scheduler, workers, tiling.memory_mb) as client:
+    with dask_client(tiling.scheduler, workers) as client:
         summaries = _run_tiles(client, job, tiles, factor, progress)
         overview = {name: np.asarray(values) for name, values in load_maps(records / OVERVIEW).items()}
         corrections, offsets = _reconciliation(tiles, records, shape, halo, overview, factor)

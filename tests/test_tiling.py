@@ -102,7 +102,7 @@ def test_tile_smaller_than_twice_the_halo_is_refused_naming_the_key():
 def test_unreachable_scheduler_is_named(monkeypatch):
     monkeypatch.setattr(tiling, "CONNECT_TIMEOUT_S", 1)
     with pytest.raises(tiling.TilingError, match=r"tcp://127\.0\.0\.1:9: cannot reach"):
-        with tiling.dask_client("tcp://127.0.0.1:9", 1, None):
+        with tiling.dask_client("tcp://127.0.0.1:9", 1):
             pass
 
 
@@ -242,9 +242,9 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path):
 def test_a_killed_run_resumes_from_its_finished_tiles(tmp_path):
     """SIGKILL once the first tiles are recorded; the re-run takes those from their records,
     computes the rest, and writes exactly the maps of an uninterrupted run."""
-    spec = simulate.SeriesSpec("kill", "skyrmions", size_px=128, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
+    spec = simulate.SeriesSpec("kill", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
     store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
-    settings = {"iterations": 40, "tile_px": 64, "halo_px": 16, "refine": ["defocus"]}
+    settings = {"iterations": 30, "tile_px": 48, "halo_px": 16, "refine": ["defocus"]}
     records = tmp_path / "records"
 
     process = run_cli(store, tmp_path / "killed.zarr", records, settings, wait=False)
