@@ -581,7 +581,7 @@ def dask_client(scheduler: str, workers: int) -> Iterator:
         # pause or restart a worker whose tile's fit runs over its estimate, so the job's own
         # limit (the batch system's) is the one that holds.
         memory_limit=0,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: several jobs may run on one machine
         silence_logs=logging.WARNING,
     )
     with cluster, Client(cluster) as client:

@@ -211,12 +211,15 @@ def test_a_field_of_one_tile_is_the_whole_field_fit(tmp_path):
     assert not (tmp_path / "records").exists()
 
 
-def seam_jump_ratio(phase: np.ndarray, tile_px: int) -> float:
-    """Largest phase step across a seam over the 99th percentile of all pixel-to-pixel steps."""
-    dy, dx = np.abs(np.diff(phase, axis=0)), np.abs(np.diff(phase, axis=1))
-    seams = [dy[b - 1] for b in range(tile_px, phase.shape[0], tile_px)]
-    seams += [dx[:, b - 1] for b in range(tile_px, phase.shape[1], tile_px)]
-    return float(max(s.max() for s in seams) / np.percentile(np.concatenate([dy.ravel(), dx.ravel()]), 99))
+def seam_steps(tiled: np.ndarray, untiled: np.ndarray, tile_px: int, offset: int = 0) -> np.ndarray:
+    """How much the tiled map's pixel-to-pixel steps across the lines ``offset`` px after each seam
+    differ from the untiled map's there (``offset`` half a tile: lines inside the tiles)."""
+    dt = [np.diff(tiled, axis=a) for a in (0, 1)]
+    du = [np.diff(untiled, axis=a) for a in (0, 1)]
+    lines = range(tile_px + offset, tiled.shape[0], tile_px)
+    steps = [np.abs(dt[0][b - 1] - du[0][b - 1]) for b in lines]
+    steps += [np.abs(dt[1][:, b - 1] - du[1][:, b - 1]) for b in lines]
+    return np.concatenate(steps)
 
 
 @pytest.mark.integration
@@ -234,7 +237,10 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path):
     ).load()
     assert tiled.attrs["tiles"] == 4 and tiled.attrs["halo_px"] == 32
     assert metrics.phase_accuracy(tiled["phase"].values, untiled["phase"].values) >= 0.99
-    assert seam_jump_ratio(tiled["phase"].values, 96) < 1.0
+    # No seam: steps across the seams depart from the untiled map's no more than inside the tiles.
+    across = seam_steps(tiled["phase"].values, untiled["phase"].values, 96)
+    inside = seam_steps(tiled["phase"].values, untiled["phase"].values, 96, offset=-48)
+    assert across.max() <= 1.5 * inside.max() and across.mean() <= 1.5 * inside.mean()
     assert np.all(tiled["defocus_std_nm"].values[[0, 4]] > 0)
 
 
