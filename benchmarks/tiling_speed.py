@@ -23,17 +23,18 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
-from phasepipe import io, reconstruct, simulate, tiling
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_tiling import aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
+
+from phasepipe import reconstruct, simulate, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, 0.0, 1.6e6)
 
@@ -43,26 +44,7 @@ def write_series(path: Path, size: int) -> None:
     spec = simulate.SeriesSpec(
         "bench", "skyrmions", size_px=size, defocus_nominal_nm=DEFOCUS, drift_px=0.0, extra={"cells": 6 * size // 256}
     )
-    images, _ = simulate.simulate_series(spec)
-    n = len(DEFOCUS)
-    coords = np.arange(size) * spec.pixel_size_nm
-    ds = xr.Dataset(
-        {
-            "intensity": (("image", "y", "x"), images),
-            "defocus_nominal_nm": (("image",), np.array(DEFOCUS)),
-            **{name: (("image",), np.zeros(n)) for name in ("shift_y_px", "shift_x_px", "rotation_deg")},
-            "scale": (("image",), np.ones(n)),
-            "registration_confidence": (("image",), np.ones(n)),
-        },
-        coords={"image": np.arange(n), "y": coords, "x": coords},
-        attrs={
-            "series": "bench",
-            "status": "ok",
-            "pixel_size_nm": spec.pixel_size_nm,
-            "microscope": json.dumps(dataclasses.asdict(reconstruct.Microscope())),
-        },
-    )
-    io.write_store(ds, path)
+    aligned_store(path, spec)
 
 
 def peak_rss_mb() -> float:
