@@ -12,7 +12,7 @@ What is measured, in one run on this machine:
   :mod:`phasepipe.tiling` (``--iterations`` each, one torch thread per worker) on a LocalCluster of
   1 worker and then of 2 workers, each with its own records, so that nothing is reused;
 * the wall time of each, the speed-up, tiles per minute with 2 workers, and every worker's peak
-  resident memory (``ru_maxrss`` of the worker process, which reads only its tiles' windows).
+  resident memory (VmHWM of the worker process, which reads only its tiles' windows).
 
 Run from the repository root::
 
@@ -23,7 +23,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import resource
+import re
 import sys
 import tempfile
 import time
@@ -48,8 +48,10 @@ def write_series(path: Path, size: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of the calling process (Linux reports ru_maxrss in kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of the calling process (VmHWM: unlike ru_maxrss, not inherited from
+    the process that started it)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
 def run(job: tiling.TileJob, tiles: list[tiling.Tile], workers: int) -> tuple[float, list[float]]:

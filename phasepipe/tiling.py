@@ -649,9 +649,14 @@ def reconstruct_tiled(
         corrections, offsets = _reconciliation(tiles, records, shape, halo, overview, factor)
         params = combine_parameters([summaries[t.name] for t in tiles])
         result = _lazy_result(shape, tiling.tile_px, params)
-        dataset = reconstruct.result_dataset(ds, result, settings)
+        # The per-image variables are copied into the output: loaded (they are small), since a
+        # lazy one would get only its layout written below.
+        dataset = reconstruct.result_dataset(ds.drop_vars("intensity").load(), result, settings)
         dataset["tile_defocus_nm"] = (("tile", "image"), np.array([summaries[t.name]["defocus_nm"] for t in tiles]))
-        dataset = dataset.assign_coords(tile=[t.name for t in tiles])
+        # Tiles by their core's origin (numbers: Zarr v3 has no stable string type yet).
+        dataset = dataset.assign_coords(
+            tile_y0_px=("tile", [t.core[0] for t in tiles]), tile_x0_px=("tile", [t.core[2] for t in tiles])
+        )
         dataset.attrs.update(
             tiles=len(tiles),
             tile_px=tiling.tile_px,

@@ -242,6 +242,8 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path):
     inside = seam_steps(tiled["phase"].values, untiled["phase"].values, 96, offset=-48)
     assert across.max() <= 1.5 * inside.max() and across.mean() <= 1.5 * inside.mean()
     assert np.all(tiled["defocus_std_nm"].values[[0, 4]] > 0)
+    for name in ("rotation_deg", "scale", "registration_confidence", "defocus_nominal_nm"):
+        np.testing.assert_array_equal(tiled[name].values, untiled[name].values)
 
 
 @pytest.mark.integration
