@@ -21,20 +21,13 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _progress_bar(total: int, description: str):
-    """A tqdm bar when a person is watching; otherwise the library's periodic log lines suffice."""
+def _progress_bar(total: int | None, description: str, unit: str):
+    """A tqdm bar when a person is watching; None otherwise (the library's log lines suffice)."""
     if not sys.stderr.isatty():
-        return None, lambda: None
+        return None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=description, unit="it", leave=False)
-
-    def update(it: int, loss: float) -> None:
-        bar.update(1)
-        if it % 20 == 0:
-            bar.set_postfix(misfit=f"{loss:.3e}")
-
-    return update, bar.close
+    return tqdm(total=total, desc=description, unit=unit, leave=False)
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -106,28 +99,72 @@ def cmd_align(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     import torch
 
-    from phasepipe import io, reconstruct
+    from phasepipe import io, reconstruct, tiling
 
     torch.set_num_threads(args.threads)
-    ds = io.open_store(args.input).load()
+    ds = io.open_store(args.input)
     if io.is_failed(ds):
-        io.write_store(ds, args.out)
+        io.write_store(ds.load(), args.out)
         return
-    settings = reconstruct.settings_from_config(json.loads(args.settings))
-    progress, close = _progress_bar(settings.max_iterations, ds.attrs["series"])
+    section = json.loads(args.settings)
+    settings = reconstruct.settings_from_config(section)
+    series = ds.attrs["series"]
     try:
-        out = reconstruct.reconstruct_dataset(ds, settings, progress)
-    finally:
-        close()
+        tiles = tiling.tiling_from_config(section, json.loads(args.dask), args.threads, args.mem_mb)
+        if ds.sizes["y"] <= tiles.tile_px and ds.sizes["x"] <= tiles.tile_px:
+            # One tile: the whole-field fit, exactly as without tiling.
+            out = _reconstruct_whole(ds.load(), settings, args.out)
+        else:
+            out = _reconstruct_tiles(args, settings, tiles, series)
+    except tiling.TilingError as exc:
+        log.error("%s: %s", series, exc)
+        sys.exit(2)
     log.info(
         "%s: %d iterations in %.1f s, misfit %.3e, defocus %s nm",
-        ds.attrs["series"],
+        series,
         out.attrs["iterations"],
         out.attrs["seconds"],
         out.attrs["final_loss"],
         [round(float(d)) for d in out["defocus_nm"].values],
     )
-    io.write_store(out, args.out)
+
+
+def _reconstruct_tiles(args: argparse.Namespace, settings, tiles, series: str):
+    """Tile by tile, with a bar of tiles done when a person is watching."""
+    from phasepipe import tiling
+
+    bar = _progress_bar(None, series, "tile")
+
+    def update(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    records = args.records or f"{Path(args.out).with_suffix('')}.tiles"
+    try:
+        return tiling.reconstruct_tiled(args.input, args.out, records, settings, tiles, None if bar is None else update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _reconstruct_whole(ds, settings, out: str):
+    """The whole field in one fit, with an iteration bar when a person is watching."""
+    from phasepipe import io, reconstruct
+
+    bar = _progress_bar(settings.max_iterations, ds.attrs["series"], "it")
+
+    def update(it: int, loss: float) -> None:
+        bar.update(1)
+        if it % 20 == 0:
+            bar.set_postfix(misfit=f"{loss:.3e}")
+
+    try:
+        result = reconstruct.reconstruct_dataset(ds, settings, None if bar is None else update)
+    finally:
+        if bar is not None:
+            bar.close()
+    io.write_store(result, out)
+    return result
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -238,7 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="input", required=True, help="aligned store")
     p.add_argument("--out", required=True, help="reconstructed store")
     p.add_argument("--settings", default="{}", help="JSON of the config's 'reconstruction' section")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--threads", type=int, default=1, help="threads of the job (Dask workers x torch threads)")
+    p.add_argument("--mem-mb", type=int, default=None, help="memory of the job in MB (sizes the Dask workers)")
+    p.add_argument("--dask", default="{}", help="JSON of the config's 'dask' section")
+    p.add_argument(
+        "--records",
+        help="folder of the finished tiles' records, kept until the output is complete so that a killed run "
+        "resumes (default: beside --out, named <out>.tiles)",
+    )
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("aggregate", help="campaign tables, statistics and figures from reconstructed stores")

@@ -508,8 +508,12 @@ def failed_dataset(series: str, message: str, stage: str) -> xr.Dataset:
     return xr.Dataset(attrs={"series": series, "status": "failed", "error": message, "failed_stage": stage})
 
 
-def write_store(ds: xr.Dataset, path: str | Path, chunk_px: int = 512) -> None:
-    """Write a Dataset as a Zarr v3 store, chunked in tiles of ``chunk_px`` over (y, x)."""
+def write_store(ds: xr.Dataset, path: str | Path, chunk_px: int = 512, compute: bool = True) -> None:
+    """Write a Dataset as a Zarr v3 store, chunked in tiles of ``chunk_px`` over (y, x).
+
+    ``compute=False`` writes the NumPy-backed variables and only the layout of Dask-backed ones,
+    whose chunks are then written region by region (the tiled reconstruction does).
+    """
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
@@ -518,7 +522,7 @@ def write_store(ds: xr.Dataset, path: str | Path, chunk_px: int = 512) -> None:
         chunks = tuple(min(chunk_px, s) if d in ("y", "x") else s for d, s in zip(var.dims, var.shape, strict=True))
         if chunks:
             encoding[name] = {"chunks": chunks}
-    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding, compute=compute)
 
 
 def open_store(path: str | Path) -> xr.Dataset:

@@ -149,7 +149,9 @@ class Parameters(torch.nn.Module):
 class ForwardModel:
     """Predicted mean-normalised intensities of a series for given :class:`Parameters`."""
 
-    def __init__(self, shape, pixel_size_nm: float, microscope: Microscope, device: str):
+    def __init__(self, shape, pixel_size_nm: float, microscope: Microscope, device: str, measured=None):
+        # measured (y, x; 1 or 0): where data exist, when the canvas is wider than the images.
+        self.measured = None if measured is None else torch.as_tensor(measured, dtype=torch.float32, device=device)
         qy, qx = physics.frequency_grid(shape, pixel_size_nm)
         self.qy = torch.as_tensor(qy, dtype=torch.float32, device=device)
         self.qx = torch.as_tensor(qx, dtype=torch.float32, device=device)
@@ -184,8 +186,11 @@ class ForwardModel:
         ramp = physics.shift_ramp(self.qy, self.qx, params.shifts_px(), self.pixel_size_nm) if refine_shifts else None
         defocus_nm = params.defocus_nm() if defocus_nm is None else defocus_nm
         intensity = physics.image_intensities(params.wave(), self.transfer(params, defocus_nm), ramp)
-        # Mean-normalised: exposure and the envelopes' loss of mean intensity drop out.
-        return intensity / intensity.mean(dim=(1, 2), keepdim=True)
+        # Mean-normalised (over the measured pixels, as the data are): exposure and the envelopes'
+        # loss of mean intensity drop out.
+        if self.measured is None:
+            return intensity / intensity.mean(dim=(1, 2), keepdim=True)
+        return intensity / (torch.sum(intensity * self.measured, dim=(1, 2), keepdim=True) / self.measured.sum())
 
     def misfit(self, params: Parameters, data: torch.Tensor, active: torch.Tensor, refine_shifts: bool) -> torch.Tensor:
         """Mean over the ``active`` images (N, 0 or 1) of the mean squared difference between the
@@ -194,14 +199,15 @@ class ForwardModel:
         A float32 model on the CPU with fixed coherence takes the fast path
         (:class:`fused.SeriesMisfit`: misfit and analytic gradient in one pass over the series,
         first order only, images of ``active`` 0 skipped). Refined coherence parameters, a float64
-        model or a GPU (where the fast path is untested) use autograd through :meth:`__call__`.
+        model, a GPU (where the fast path is untested) or a mask of measured pixels (a tile's
+        canvas, which the fast path's whole-field mean does not know) use autograd through
+        :meth:`__call__`.
         """
         weight = (active / active.sum()).to(data.dtype)
         coherence = (params.beam_divergence, params.defocus_spread)
-        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
+        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu" or self.measured is not None
         if plain or any(leaf.requires_grad for leaf in coherence):
-            per_image = torch.mean((self(params, refine_shifts) - data) ** 2, dim=(1, 2))
-            return torch.sum(per_image * weight)
+            return torch.sum(misfit_per_image(self(params, refine_shifts), data, self.measured) * weight)
         shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
         return self._series_misfit(
             params.phase,
@@ -344,6 +350,13 @@ class Reconstruction:
     seconds: float
 
 
+def misfit_per_image(predicted: torch.Tensor, data: torch.Tensor, measured: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared misfit of every image, over the measured pixels when a mask is given."""
+    if measured is None:
+        return torch.mean((predicted - data) ** 2, dim=(1, 2))
+    return torch.sum(measured * (predicted - data) ** 2, dim=(1, 2)) / measured.sum()
+
+
 def microscope_values(params: Parameters) -> torch.Tensor:
     """Every microscope parameter in physical units, as one vector: defocus_nm (N),
     beam_divergence_mrad, defocus_spread_nm, shifts_px (N x 2, y then x per image)."""
@@ -381,11 +394,15 @@ def _uncertainty(model: ForwardModel, params: Parameters, data: torch.Tensor, se
         return functional_call(params, overrides, (fn,))
 
     def misfit(vector):
-        return at(vector, lambda p: torch.mean((model(p, "shifts" in settings.refine) - data) ** 2))
+        return at(
+            vector,
+            lambda p: torch.mean(misfit_per_image(model(p, "shifts" in settings.refine), data, model.measured)),
+        )
 
     hess = torch.autograd.functional.hessian(misfit, flat).double()
     jac = torch.autograd.functional.jacobian(lambda vector: at(vector, microscope_values), flat).double()
-    cov = torch.linalg.pinv(hess) * 2 * float(misfit(flat).detach()) / data.numel()
+    values = data.numel() if model.measured is None else float(model.measured.sum()) * data.shape[0]
+    cov = torch.linalg.pinv(hess) * 2 * float(misfit(flat).detach()) / values
     return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()
 
 
@@ -396,19 +413,33 @@ def reconstruct(
     microscope: Microscope,
     settings: Settings,
     progress=None,
+    margin_px: int = 0,
 ) -> Reconstruction:
-    """Recover phase, amplitude and the refined microscope parameters of one aligned series."""
+    """Recover phase, amplitude and the refined microscope parameters of one aligned series.
+
+    ``margin_px`` > 0: the object is fitted on a canvas wider than the images by that margin on
+    every side, where no data constrain it, so that the FFT's periodic wrap-around falls outside
+    the data (a tile of a larger field is not periodic); the maps returned cover the images.
+    """
     images = np.asarray(images, dtype=np.float64)
     nominal = np.asarray(defocus_nominal_nm, dtype=np.float64)
     reference = int(np.argmin(np.abs(nominal)))
     data_np = images / images.mean(axis=(1, 2), keepdims=True)
     noise = noise_level(images)
+    height, width = images.shape[1:]
+    measured = None
+    if margin_px:
+        # Reflected data in the margin only start TIE and the amplitude; the misfit ignores them.
+        pad = ((0, 0), (margin_px, margin_px), (margin_px, margin_px))
+        images, data_np = np.pad(images, pad, mode="reflect"), np.pad(data_np, pad, mode="reflect")
+        measured = np.pad(np.ones((height, width)), pad[1:])
+    inner = np.s_[margin_px : margin_px + height, margin_px : margin_px + width]
     tv_weight = auto_tv_weight(noise) if settings.tv_weight is None else settings.tv_weight
 
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
     amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
     params = Parameters(tie, amplitude, nominal, microscope, reference).to(settings.device)
-    model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device)
+    model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device, measured)
     data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
     log.info("noise %.4f, tv_weight %.3e, refine %s", noise, tv_weight, list(settings.refine))
     if "defocus_spread" in settings.refine:
@@ -422,9 +453,9 @@ def reconstruct(
     std = _uncertainty(model, params, data, settings) if settings.refine else np.zeros(3 * n + 2)
     with torch.no_grad():
         return Reconstruction(
-            phase=remove_isolated_wraps(params.phase.cpu().numpy()).astype(np.float32),
-            amplitude=params.log_amplitude.exp().cpu().numpy().astype(np.float32),
-            tie_phase=tie.astype(np.float32),
+            phase=remove_isolated_wraps(params.phase.cpu().numpy())[inner].astype(np.float32),
+            amplitude=params.log_amplitude.exp().cpu().numpy()[inner].astype(np.float32),
+            tie_phase=tie[inner].astype(np.float32),
             defocus_nm=params.defocus_nm().cpu().numpy(),
             defocus_std_nm=std[:n],
             shifts_px=params.shifts_px().cpu().numpy().astype(np.float64),
@@ -471,6 +502,13 @@ def reconstruct_dataset(ds: xr.Dataset, settings: Settings, progress=None) -> xr
     microscope = Microscope(**json.loads(ds.attrs["microscope"]))
     nominal = ds["defocus_nominal_nm"].values
     result = reconstruct(ds["intensity"].values, nominal, ds.attrs["pixel_size_nm"], microscope, settings, progress)
+    return result_dataset(ds, result, settings)
+
+
+def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -> xr.Dataset:
+    """The reconstructed Dataset of an aligned series and its :class:`Reconstruction` (whose maps
+    may be lazy arrays: the tiled path writes them region by region)."""
+    nominal = ds["defocus_nominal_nm"].values
     drift = total_drift(np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1), result, nominal)
     out = xr.Dataset(
         {

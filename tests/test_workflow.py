@@ -208,7 +208,8 @@ def test_dry_run_of_a_500_series_campaign(tmp_path, profile):
 def test_job_resources_grow_with_series_size_and_threads(tmp_path):
     """A series of 100 MB of files asks for more memory and walltime than an empty one, in
     proportion (workflow/rules/common.smk), and reconstruction's walltime divides among its
-    threads, which are also its cores. The files are sparse: stated, never read."""
+    threads, which are also its cores (its memory is per tile, known once the aligned store
+    exists). The files are sparse: stated, never read."""
     sheet = write_synthetic_sheet(tmp_path, 2)
     os.truncate(tmp_path / "s001.tif", 100_000_000)
     result = run_snakemake(tmp_path, {"series_sheet": str(sheet)}, "-n", "--set-threads", "reconstruct=2")
@@ -223,8 +224,9 @@ def test_job_resources_grow_with_series_size_and_threads(tmp_path):
         ("ingest", "s001"): 500 + 3 * 100,
         ("align", "s000"): 500,
         ("align", "s001"): 500 + 6 * 100,
-        ("reconstruct", "s000"): 1500,
-        ("reconstruct", "s001"): 1500 + 72 * 100,
+        # per tile: 4000 MB on each of the 2 threads until the aligned store tells the tiles' size
+        ("reconstruct", "s000"): 1000 + 2 * 4000,
+        ("reconstruct", "s001"): 1000 + 2 * 4000,
     }
     # (2 s + 4000 iterations x 0.02 s) per MB, twice that, on 2 threads, plus 10 minutes
     assert resources["reconstruct", "s001"]["runtime"] == str(10 + math.ceil(2 * 82 * 100 / 2 / 60))

@@ -84,8 +84,7 @@ def store(stage: str, series: str = "{series}") -> str:
 MEM_MB = {  # stage: (fixed MB, MB per MB of series)
     "ingest": (500, 3),
     "align": (500, 6),
-    "reconstruct": (1500, 72),
-}
+}  # reconstruct: per tile, from the aligned store (reconstruct.smk)
 # Reconstruction time on one thread: set-up, TIE start and uncertainties (1.6 s per MB measured),
 # then each iteration (20 ms per MB: benchmarks/reconstruct_speed.py at 1024^2 x 5), at most the cap.
 RECONSTRUCT_S_PER_MB = 2.0

@@ -1,3 +1,16 @@
+def reconstruct_size(wildcards, input) -> tuple[int, int]:
+    """Tiles of the aligned store and memory (MB) per tile; (1, 4000) until the store exists
+    (Snakemake evaluates threads and resources again once the job is ready)."""
+    from phasepipe import tiling
+
+    section = config["reconstruction"]
+    halo = None if section["halo_px"] == "auto" else section["halo_px"]
+    try:
+        return tiling.store_tiling(input[0], section["tile_px"], halo)
+    except (OSError, KeyError, ValueError):
+        return 1, 4000
+
+
 rule reconstruct:
     input:
         store("aligned"),
@@ -5,16 +18,21 @@ rule reconstruct:
         directory(store("reconstructed")),
     params:
         settings=as_json(config["reconstruction"]),
-    threads: 1
+        dask=as_json(config["dask"]),
+        # Finished tiles' records: outside the output, which Snakemake deletes when a job fails.
+        records=lambda wildcards: str(WORK / "tiles" / wildcards.series),
+    # One thread per tile, capped by --cores (Snakemake scales threads down to the cores given).
+    threads: lambda wildcards, input: reconstruct_size(wildcards, input)[0]
     log:
         str(LOGS / "reconstruct" / "{series}.log"),
     resources:
-        mem_mb=mem_mb("reconstruct"),
+        # A fixed part plus each worker's tile (tiling.store_tiling), times the attempt.
+        mem_mb=lambda wildcards, input, threads, attempt: attempt * (1000 + threads * reconstruct_size(wildcards, input)[1]),
         runtime=reconstruct_runtime,
         # What the SLURM plugin would do anyway, stated: the job gets exactly its threads' cores,
-        # which a tiled reconstruction's Dask workers are sized from.
+        # which the tiles' Dask workers are sized from.
         cpus_per_task=lambda wildcards, threads: threads,
         gpu=GPUS,
     shell:
-        "phasepipe reconstruct --in {input} --out {output} --settings {params.settings:q}"
-        " --threads {threads} > {log} 2>&1"
+        "phasepipe reconstruct --in {input} --out {output} --settings {params.settings:q} --dask {params.dask:q}"
+        " --records {params.records:q} --threads {threads} --mem-mb {resources.mem_mb} > {log} 2>&1"

@@ -1,0 +1,285 @@
+"""Tiled reconstruction: geometry, halo, blending, reconciliation, fidelity, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from phasepipe import io, metrics, reconstruct, simulate, tiling
+
+FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
+MICROSCOPE = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
+
+
+def aligned_store(path: Path, spec: simulate.SeriesSpec) -> tuple[Path, xr.Dataset]:
+    """A simulated series written as the align stage writes its store (no drift: nothing to undo)."""
+    images, truth = simulate.simulate_series(spec)
+    n = len(spec.defocus_nominal_nm)
+    zeros = np.zeros(n)
+    coords = np.arange(spec.size_px) * spec.pixel_size_nm
+    ds = xr.Dataset(
+        {
+            "intensity": (("image", "y", "x"), images),
+            "defocus_nominal_nm": (("image",), np.array(spec.defocus_nominal_nm)),
+            "shift_y_px": (("image",), zeros),
+            "shift_x_px": (("image",), zeros),
+            "rotation_deg": (("image",), zeros),
+            "scale": (("image",), np.ones(n)),
+            "registration_confidence": (("image",), np.ones(n)),
+        },
+        coords={"image": np.arange(n), "y": coords, "x": coords},
+        attrs={
+            "series": spec.series,
+            "status": "ok",
+            "pixel_size_nm": spec.pixel_size_nm,
+            "microscope": json.dumps(MICROSCOPE),
+        },
+    )
+    io.write_store(ds, path)
+    return path, truth
+
+
+def test_tiles_cover_the_field_once_and_windows_add_the_halo():
+    """Cores tile the field exactly once (the last row and column shorter); windows are the cores
+    widened by the halo and clipped to the field."""
+    tiles = tiling.tile_grid((100, 130), 48, 8)
+    covered = np.zeros((100, 130), int)
+    for t in tiles:
+        y0, y1, x0, x1 = t.core
+        covered[y0:y1, x0:x1] += 1
+        assert t.window == (max(y0 - 8, 0), min(y1 + 8, 100), max(x0 - 8, 0), min(x1 + 8, 130))
+    assert (covered == 1).all()
+    assert len(tiles) == 3 * 3
+
+
+def test_blend_weights_sum_to_one_and_vanish_in_the_outer_half_of_the_halo():
+    shape, halo = (100, 130), 12
+    tiles = tiling.tile_grid(shape, 40, halo)
+    total = np.zeros(shape)
+    for t in tiles:
+        ys, xs = t.window_slices()
+        weights = tiling.blend_weights(t, shape, halo)
+        total[ys, xs] += weights
+        assert weights.min() >= 0
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+    middle = tiles[4]  # the centre tile: neighbours on every side
+    weights = tiling.blend_weights(middle, shape, halo)
+    assert weights[: halo // 2].max() == 0 and weights[:, -(halo // 2) :].max() == 0
+    assert weights[halo + halo // 2 : -(halo + halo // 2), halo + halo // 2 : -(halo + halo // 2)].min() == 1
+
+
+@pytest.mark.parametrize(
+    ("beam_divergence_mrad", "defocus_nm", "expected"),
+    [
+        # Envelope-limited: R = lambda sqrt(ln 20) / (pi theta_c) = 138 nm = 27.6 px, whatever the defocus.
+        (0.01, 1.6e6, 32),
+        # A nearly coherent beam: Nyquist-limited, R = lambda |df| / (2 p) = 80.3 px.
+        (0.0001, 1.6e6, 88),
+        # In focus nothing spreads.
+        (0.01, 0.0, 0),
+    ],
+)
+def test_auto_halo_covers_the_fresnel_spread(beam_divergence_mrad, defocus_nm, expected):
+    microscope = reconstruct.Microscope(beam_divergence_mrad=beam_divergence_mrad)
+    assert tiling.auto_halo_px(microscope, defocus_nm, 5.0) == expected
+
+
+def test_tile_smaller_than_twice_the_halo_is_refused_naming_the_key():
+    with pytest.raises(tiling.TilingError, match="tile_px 64 is smaller than twice the halo"):
+        tiling.tile_grid((256, 256), 64, 40)
+
+
+def test_unreachable_scheduler_is_named(monkeypatch):
+    monkeypatch.setattr(tiling, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(tiling.TilingError, match=r"tcp://127\.0\.0\.1:9: cannot reach"):
+        with tiling.dask_client("tcp://127.0.0.1:9", 1):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("threads", "memory_mb", "n_tiles", "expected"),
+    [
+        (2, 8000, 16, (2, 1)),  # a worker per core
+        (8, None, 2, (2, 4)),  # fewer tiles than threads: the rest go to torch
+        (4, 2500, 16, (2, 2)),  # memory for two tiles at a time
+        (1, 100, 16, (1, 1)),  # never fewer than one worker
+    ],
+)
+def test_workers_and_threads_do_not_oversubscribe(threads, memory_mb, n_tiles, expected):
+    workers, torch_threads = tiling.plan_workers(threads, memory_mb, n_tiles, per_tile_mb=1000)
+    assert (workers, torch_threads) == expected
+    assert workers * torch_threads <= max(threads, 1)
+
+
+def test_reconcile_recovers_each_tiles_constant_and_gradient():
+    """Tiles of a smooth field, each off by its own constant and gradient, stitch back to the field
+    up to one plane common to all (which no overlap can see)."""
+    rng = np.random.default_rng(0)
+    shape, halo = (160, 160), 16
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    field = np.sin(2 * np.pi * x / 57) + np.cos(2 * np.pi * y / 41) + 1e-4 * (x - 80) ** 2
+    tiles = tiling.tile_grid(shape, 48, halo)
+    maps = [field[t.window_slices()] - tiling.correction(t, shape, rng.normal(size=3) * [2, 4, 4]) for t in tiles]
+    pairs = []
+    for i, j in tiling.neighbours(tiles):
+        moments = tiling.overlap_moments(tiles[i], tiles[j], maps[i], maps[j], shape, halo, 3)
+        if moments is not None:
+            pairs.append((i, j, *moments))
+    theta = tiling.reconcile(len(tiles), 3, pairs)
+    assert np.allclose(theta.sum(axis=0), 0)  # minimum norm: the field keeps the tiles' mean
+    stitched = np.zeros(shape)
+    for t, m, th in zip(tiles, maps, theta, strict=True):
+        stitched[t.window_slices()] += tiling.blend_weights(t, shape, halo) * (m + tiling.correction(t, shape, th))
+    residual = (stitched - field).ravel()
+    basis = np.stack([np.ones(residual.size), y.ravel(), x.ravel()], axis=1)
+    plane = basis @ np.linalg.lstsq(basis, residual, rcond=None)[0]
+    assert np.abs(residual - plane).max() < 1e-9
+
+
+def test_parameters_of_the_tiles_combine_into_mean_and_standard_error():
+    summaries = [
+        {
+            "defocus_nm": [-1.6e6 + d, 0.0, 1.6e6 - d],
+            "defocus_std_nm": [1.0, 0.0, 1.0],
+            "shifts_px": [[0.0, d / 100]] * 3,
+            "shifts_std_px": [[0.01, 0.01]] * 3,
+            "beam_divergence_mrad": 0.01,
+            "beam_divergence_std_mrad": 0.001,
+            "defocus_spread_nm": 500.0 + d,
+            "defocus_spread_std_nm": 20.0,
+            "loss": 1.0,
+            "noise": 0.05,
+            "tv_weight": 1e-3,
+            "iterations": 100 + int(d),
+            "seconds": 2.0,
+        }
+        for d in (-100.0, 0.0, 100.0, 200.0)
+    ]
+    combined = tiling.combine_parameters(summaries)
+    np.testing.assert_allclose(combined["defocus_nm"], [-1.6e6 + 50, 0.0, 1.6e6 - 50])
+    sem = np.std([-100.0, 0.0, 100.0, 200.0], ddof=1) / 2
+    np.testing.assert_allclose(combined["defocus_std_nm"], [sem, 0.0, sem])
+    assert combined["defocus_spread_std_nm"] == pytest.approx(sem)
+    np.testing.assert_allclose(combined["shifts_std_px"], [[0.0, sem / 100]] * 3)
+    assert combined["iterations"] == 300 and combined["seconds"] == 8.0
+    alone = tiling.combine_parameters(summaries[:1])  # one tile: its own curvature-based std
+    assert alone["defocus_spread_std_nm"] == 20.0 and alone["beam_divergence_std_mrad"] == 0.001
+
+
+def run_cli(store: Path, out: Path, records: Path, settings: dict, *, wait: bool = True):
+    """``phasepipe reconstruct`` on the threads scheduler with one thread: tiles one after another."""
+    command = [
+        sys.executable,
+        "-m",
+        "phasepipe",
+        "reconstruct",
+        "--in",
+        str(store),
+        "--out",
+        str(out),
+        "--records",
+        str(records),
+        "--settings",
+        json.dumps(settings),
+        "--dask",
+        json.dumps({"scheduler": "threads"}),
+        "--threads",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_a_field_of_one_tile_is_the_whole_field_fit(tmp_path):
+    """No larger than one tile: the same numbers as the whole-field path, no stitching."""
+    spec = simulate.SeriesSpec("one", "vortex", size_px=48, defocus_nominal_nm=FIVE, drift_px=0.0, n_particles=2)
+    store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
+    settings = {"iterations": 20, "tile_px": 64, "halo_px": "auto", "refine": ["defocus"]}
+    run_cli(store, tmp_path / "out.zarr", tmp_path / "records", settings)
+    whole = reconstruct.reconstruct_dataset(io.open_store(store).load(), reconstruct.settings_from_config(settings))
+    tiled = io.open_store(tmp_path / "out.zarr").load()
+    for name in ("phase", "amplitude", "tie_phase", "defocus_nm"):
+        np.testing.assert_array_equal(tiled[name].values, whole[name].values)
+    assert not (tmp_path / "records").exists()
+
+
+def seam_steps(tiled: np.ndarray, untiled: np.ndarray, tile_px: int, offset: int = 0) -> np.ndarray:
+    """How much the tiled map's pixel-to-pixel steps across the lines ``offset`` px after each seam
+    differ from the untiled map's there (``offset`` half a tile: lines inside the tiles)."""
+    dt = [np.diff(tiled, axis=a) for a in (0, 1)]
+    du = [np.diff(untiled, axis=a) for a in (0, 1)]
+    lines = range(tile_px + offset, tiled.shape[0], tile_px)
+    steps = [np.abs(dt[0][b - 1] - du[0][b - 1]) for b in lines]
+    steps += [np.abs(dt[1][:, b - 1] - du[1][:, b - 1]) for b in lines]
+    return np.concatenate(steps)
+
+
+@pytest.mark.integration
+def test_tiled_reconstruction_matches_the_untiled_one(tmp_path):
+    """A skyrmion lattice of 192 x 192 px at -1.6 ... +1.6 mm in 96 px tiles (auto halo, 32 px):
+    acc against the untiled fit of the same settings, and no seam steeper than the field's own
+    steps."""
+    spec = simulate.SeriesSpec("fid", "skyrmions", size_px=192, defocus_nominal_nm=FIVE, drift_px=0.0, seed=1)
+    store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
+    section = {"iterations": 150, "refine": ["defocus"]}
+    settings = reconstruct.settings_from_config(section)
+    untiled = reconstruct.reconstruct_dataset(io.open_store(store).load(), settings)
+    tiled = tiling.reconstruct_tiled(
+        store, tmp_path / "out.zarr", tmp_path / "records", settings, tiling.TilingSettings(96, None, "threads", 1)
+    ).load()
+    assert tiled.attrs["tiles"] == 4 and tiled.attrs["halo_px"] == 32
+    assert metrics.phase_accuracy(tiled["phase"].values, untiled["phase"].values) >= 0.99
+    # No seam: steps across the seams depart from the untiled map's no more than inside the tiles.
+    across = seam_steps(tiled["phase"].values, untiled["phase"].values, 96)
+    inside = seam_steps(tiled["phase"].values, untiled["phase"].values, 96, offset=-48)
+    assert across.max() <= 1.5 * inside.max() and across.mean() <= 1.5 * inside.mean()
+    assert np.all(tiled["defocus_std_nm"].values[[0, 4]] > 0)
+    for name in ("rotation_deg", "scale", "registration_confidence", "defocus_nominal_nm"):
+        np.testing.assert_array_equal(tiled[name].values, untiled[name].values)
+
+
+@pytest.mark.integration
+def test_a_killed_run_resumes_from_its_finished_tiles(tmp_path):
+    """SIGKILL once the first tiles are recorded; the re-run takes those from their records,
+    computes the rest, and writes exactly the maps of an uninterrupted run."""
+    spec = simulate.SeriesSpec("kill", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
+    store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
+    settings = {"iterations": 30, "tile_px": 48, "halo_px": 16, "refine": ["defocus"]}
+    records = tmp_path / "records"
+
+    process = run_cli(store, tmp_path / "killed.zarr", records, settings, wait=False)
+    finished: set[str] = set()
+    deadline = time.monotonic() + 300
+    while not finished and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+        finished = {p.parent.name for p in records.glob("*/*/result.json")}
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {p.parent.name for p in records.glob("*/*/result.json")}  # what the kill left
+    assert finished and len(finished) < 5, "the kill must come after some tiles and before the last"
+
+    resumed_log = run_cli(store, tmp_path / "killed.zarr", records, settings)
+    reused = set(re.findall(r"tile (\w+) from its record", resumed_log))
+    computed = set(re.findall(r"tile (\w+) computed", resumed_log))
+    assert reused == finished
+    assert computed | reused == {"overview", "r000c000", "r000c001", "r001c000", "r001c001"}
+    assert not computed & reused
+
+    run_cli(store, tmp_path / "whole.zarr", tmp_path / "records-2", settings)
+    resumed, whole = (io.open_store(tmp_path / name).load() for name in ("killed.zarr", "whole.zarr"))
+    for name in ("phase", "amplitude", "tie_phase", "defocus_nm", "defocus_std_nm", "tile_defocus_nm"):
+        np.testing.assert_array_equal(resumed[name].values, whole[name].values)
