@@ -22,16 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-
-def write_sheet(folder: Path, n_series: int) -> Path:
-    rows = ["series\tfiles\tdefocus_nm\tpixel_size_nm"]
-    for i in range(n_series):
-        (folder / f"s{i:04d}.tif").touch()
-        rows.append(f"s{i:04d}\ts{i:04d}.tif\t-1600000,0,1600000\t5.0")
-    sheet = folder / "series.tsv"
-    sheet.write_text("\n".join(rows) + "\n")
-    return sheet
+sys.path.insert(0, str(ROOT / "tests"))
+from test_workflow import write_synthetic_sheet  # noqa: E402  (the tests' sheet of empty files)
 
 
 def dry_run(folder: Path, sheet: Path, profile: str) -> tuple[float, float, int]:
@@ -71,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        sheet = write_sheet(folder, args.series)
+        sheet = write_synthetic_sheet(folder, args.series)
         for profile in args.profile:
             runs = [dry_run(folder, sheet, profile) for _ in range(args.repeat)]
             walls = ", ".join(f"{wall:.1f}" for wall, _, _ in runs)

@@ -734,21 +734,6 @@ def _lazy_result(shape: tuple[int, int], chunk_px: int, params: dict) -> reconst
     import dask.array as da
 
     empty = da.zeros(shape, dtype=np.float32, chunks=chunk_px)
-    return reconstruct.Reconstruction(
-        phase=empty,
-        amplitude=empty,
-        tie_phase=empty,
-        defocus_nm=params["defocus_nm"],
-        defocus_std_nm=params["defocus_std_nm"],
-        shifts_px=params["shifts_px"],
-        shifts_std_px=params["shifts_std_px"],
-        beam_divergence_mrad=params["beam_divergence_mrad"],
-        defocus_spread_nm=params["defocus_spread_nm"],
-        beam_divergence_std_mrad=params["beam_divergence_std_mrad"],
-        defocus_spread_std_nm=params["defocus_spread_std_nm"],
-        loss=params["loss"],
-        noise=params["noise"],
-        tv_weight=params["tv_weight"],
-        iterations=params["iterations"],
-        seconds=params["seconds"],
-    )
+    maps = {"phase": empty, "amplitude": empty, "tie_phase": empty}
+    numbers = {f.name: params[f.name] for f in dataclasses.fields(reconstruct.Reconstruction) if f.name not in maps}
+    return reconstruct.Reconstruction(**maps, **numbers)
