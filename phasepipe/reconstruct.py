@@ -112,17 +112,14 @@ class Parameters(torch.nn.Module):
         # A common shift of every image is a shift of the object: projected out of the refined shifts.
         self.register_buffer("shift_projector", torch.eye(n) - torch.full((n, n), 1.0 / n))
 
-    def defocus_nm(self, raw: torch.Tensor | None = None, log_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Physical defocus of every image (from ``raw`` and ``log_scale`` in place of the
-        parameters if given): the nominal value times the calibration factor, plus the image's
-        own correction."""
-        raw = self.defocus if raw is None else raw
-        log_scale = self.defocus_scale if log_scale is None else log_scale
+    def defocus_nm(self) -> torch.Tensor:
+        """Physical defocus of every image: the nominal value times the calibration factor, plus
+        the image's own correction."""
         # The reference image defines the object plane: a common defocus offset of all images is
         # exactly degenerate with propagating the object, so the reference is pinned.
-        free = torch.ones_like(raw)
+        free = torch.ones_like(self.defocus)
         free[self.reference] = 0
-        return self.defocus_start_nm * log_scale.exp() + raw * free * self.defocus_unit_nm
+        return self.defocus_start_nm * self.defocus_scale.exp() + self.defocus * free * self.defocus_unit_nm
 
     def beam_divergence_rad(self) -> torch.Tensor:
         return self.beam_divergence.exp()
