@@ -8,7 +8,9 @@ Three parts, kept apart (in the spirit of pty-chi):
 - :func:`fit` runs one Adam optimiser per parameter group, each with its own learning rate and the
   iteration from which it is refined (:class:`ParameterOptions`), and stops on convergence.
 
-:func:`reconstruct` ties them together for one series, starting from the TIE phase.
+:func:`reconstruct` ties them together for one series: a first fit of the series binned
+``coarse_factor`` x ``coarse_factor`` from the TIE phase, then the full-resolution fit from its
+result (see :func:`reconstruct`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -43,6 +45,7 @@ GROUPS = {
     "shifts": ("shifts",),
 }
 MAX_DECAYS = 3
+COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least this many px a side
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Settings:
     options: dict[str, ParameterOptions] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
     log_every: int = 100
     continuation_step: int = 150  # iterations between admitting the next |defocus| level
+    coarse_factor: int = 2  # binning of the first, coarse fit (1: none)
 
 
 class Parameters(torch.nn.Module):
@@ -133,6 +137,24 @@ class Parameters(torch.nn.Module):
         # too: it puts the field's mean phase gradient into the drift, as registration does, and
         # needs the align stage within half a cycle's shift (lambda df / field) of the truth.
         return self.shift_projector @ self.shifts
+
+    def resampled(self, shape: tuple[int, int], factor: int) -> Parameters:
+        """These parameters on a grid ``factor`` times finer, cut or edge-extended to ``shape``: the
+        maps interpolated (cubic), the microscope parameters kept, the image shifts not (zero)."""
+
+        def finer(values: torch.Tensor) -> np.ndarray:
+            values = values.detach().cpu().double().numpy()
+            zoomed = ndimage.zoom(values, factor, order=3, grid_mode=True, mode="nearest")
+            pad = [(0, max(0, n - m)) for n, m in zip(shape, zoomed.shape, strict=True)]
+            return np.pad(zoomed, pad, mode="edge")[: shape[0], : shape[1]]
+
+        fine = Parameters(
+            finer(self.phase), np.exp(finer(self.log_amplitude)), self.defocus_start_nm, Microscope(), self.reference
+        ).to(self.phase.device)
+        with torch.no_grad():
+            for name in ("defocus_scale", "defocus", "beam_divergence", "defocus_spread"):
+                getattr(fine, name).copy_(getattr(self, name))
+        return fine
 
     def forward(self, fn):
         """``fn(self)``: lets :func:`torch.func.functional_call` evaluate anything of the
@@ -403,6 +425,81 @@ def _uncertainty(model: ForwardModel, params: Parameters, data: torch.Tensor, se
     return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()
 
 
+def binned(stack: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor`` x ``factor`` blocks of the last two axes (a remainder at the far edges
+    is dropped)."""
+    *lead, h, w = stack.shape
+    hb, wb = h // factor, w // factor
+    block = stack[..., : hb * factor, : wb * factor].reshape(*lead, hb, factor, wb, factor)
+    return block.mean(axis=(-3, -1))
+
+
+@dataclass
+class _Fit:
+    """A fitted canvas: the model and parameters at their optimum, with what chose the fit."""
+
+    model: ForwardModel
+    params: Parameters
+    data: torch.Tensor
+    result: FitResult
+    noise: float
+    tv_weight: float
+
+
+def _fit_canvas(
+    images: np.ndarray,
+    measured: np.ndarray | None,
+    start_phase: np.ndarray,
+    nominal: np.ndarray,
+    pixel_size_nm: float,
+    microscope: Microscope,
+    settings: Settings,
+    progress=None,
+) -> _Fit:
+    """Fit the series ``images`` (N, y, x; data where ``measured``, or everywhere).
+
+    With ``settings.coarse_factor`` > 1 (and a canvas that stays at least ``COARSE_MIN_PX`` px
+    binned), the series binned that much is fitted first, and the fit here starts from its result
+    (docs/physics.md, Coarse to fine); otherwise from ``start_phase`` (TIE) and the in-focus
+    image's amplitude.
+    """
+    reference = int(np.argmin(np.abs(nominal)))
+    # Mean-normalised over the measured pixels, as the model's images are.
+    weight = np.ones(images.shape[1:]) if measured is None else measured
+    data_np = images / (np.sum(images * weight, axis=(1, 2), keepdims=True) / weight.sum())
+    noise = noise_level(images)
+    tv_weight = auto_tv_weight(noise) if settings.tv_weight is None else settings.tv_weight
+    factor = settings.coarse_factor
+    coarse_seconds = 0.0
+    if factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX:
+        coarse_images = binned(images, factor)
+        coarse = _fit_canvas(
+            coarse_images,
+            # A binned pixel is data only where all it holds is.
+            None if measured is None else (binned(measured, factor) > 1 - 1e-6).astype(np.float64),
+            tie_phase(coarse_images, nominal, pixel_size_nm * factor, microscope.voltage_kv * 1e3),
+            nominal,
+            pixel_size_nm * factor,
+            microscope,
+            # The drift is left to the full resolution, where it is identified best.
+            replace(settings, coarse_factor=1, refine=tuple(name for name in settings.refine if name != "shifts")),
+        )
+        coarse_seconds = coarse.result.seconds
+        log.info("coarse fit (binned %d x): %d iterations, %.1f s", factor, coarse.result.iterations, coarse_seconds)
+        params = coarse.params.resampled(images.shape[1:], factor)
+    else:
+        amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
+        params = Parameters(start_phase, amplitude, nominal, microscope, reference).to(settings.device)
+    model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device, measured)
+    data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
+    log.info(
+        "%d x %d px: noise %.4f, tv_weight %.3e, refine %s", *images.shape[1:], noise, tv_weight, list(settings.refine)
+    )
+    result = fit(model, params, data, settings, tv_weight, progress)
+    result.seconds += coarse_seconds
+    return _Fit(model, params, data, result, noise, tv_weight)
+
+
 def reconstruct(
     images: np.ndarray,
     defocus_nominal_nm: np.ndarray,
@@ -414,40 +511,32 @@ def reconstruct(
 ) -> Reconstruction:
     """Recover phase, amplitude and the refined microscope parameters of one aligned series.
 
-    ``margin_px`` > 0: the object is fitted on a canvas wider than the images by that margin on
-    every side, where no data constrain it, so that the FFT's periodic wrap-around falls outside
-    the data (a tile of a larger field is not periodic); the maps returned cover the images.
+    The fit runs coarse to fine (:func:`_fit_canvas`); ``progress`` follows the full-resolution
+    fit, and the iterations reported are its own. ``margin_px`` > 0: the object is fitted on a
+    canvas wider than the images by that margin on every side, where no data constrain it, so that
+    the FFT's periodic wrap-around falls outside the data (a tile of a larger field is not
+    periodic); the maps returned cover the images.
     """
     images = np.asarray(images, dtype=np.float64)
     nominal = np.asarray(defocus_nominal_nm, dtype=np.float64)
-    reference = int(np.argmin(np.abs(nominal)))
-    data_np = images / images.mean(axis=(1, 2), keepdims=True)
-    noise = noise_level(images)
     height, width = images.shape[1:]
     measured = None
     if margin_px:
         # Reflected data in the margin only start TIE and the amplitude; the misfit ignores them.
         pad = ((0, 0), (margin_px, margin_px), (margin_px, margin_px))
-        images, data_np = np.pad(images, pad, mode="reflect"), np.pad(data_np, pad, mode="reflect")
+        images = np.pad(images, pad, mode="reflect")
         measured = np.pad(np.ones((height, width)), pad[1:])
     inner = np.s_[margin_px : margin_px + height, margin_px : margin_px + width]
-    tv_weight = auto_tv_weight(noise) if settings.tv_weight is None else settings.tv_weight
-
-    tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
-    amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
-    params = Parameters(tie, amplitude, nominal, microscope, reference).to(settings.device)
-    model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device, measured)
-    data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
-    log.info("noise %.4f, tv_weight %.3e, refine %s", noise, tv_weight, list(settings.refine))
     if "defocus_spread" in settings.refine:
         log.warning(
             "defocus_spread is refined, but its envelope does not depend on defocus: a series cannot "
             "tell it from the object's own resolution, so the value is not a measurement (docs/physics.md)"
         )
-
-    result = fit(model, params, data, settings, tv_weight, progress)
+    tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
+    fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
+    params, result = fitted.params, fitted.result
     n = len(nominal)
-    std = _uncertainty(model, params, data, settings) if settings.refine else np.zeros(3 * n + 2)
+    std = _uncertainty(fitted.model, params, fitted.data, settings) if settings.refine else np.zeros(3 * n + 2)
     with torch.no_grad():
         return Reconstruction(
             phase=remove_isolated_wraps(params.phase.cpu().numpy())[inner].astype(np.float32),
@@ -462,8 +551,8 @@ def reconstruct(
             beam_divergence_std_mrad=float(std[n]),
             defocus_spread_std_nm=float(std[n + 1]),
             loss=result.loss,
-            noise=noise,
-            tv_weight=tv_weight,
+            noise=fitted.noise,
+            tv_weight=fitted.tv_weight,
             iterations=result.iterations,
             seconds=result.seconds,
         )

@@ -399,7 +399,7 @@ def read_binned(store: str | Path, factor: int, band_px: int = 512) -> np.ndarra
     for r0 in range(0, hb, rows):
         r1 = min(r0 + rows, hb)
         block = np.asarray(intensity[:, r0 * factor : r1 * factor, : wb * factor], dtype=np.float64)
-        binned[:, r0:r1] = block.reshape(n, r1 - r0, factor, wb, factor).mean(axis=(2, 4))
+        binned[:, r0:r1] = reconstruct.binned(block, factor)
     return binned
 
 
