@@ -308,7 +308,9 @@ def test_stripe_island_without_drift_as_accurate_as_with():
 def test_recovered_drift_of_a_skyrmion_island():
     """The demo's skyrmion island (256 px, -1.6 ... +1.6 mm, 5 % noise, 4 % defocus
     miscalibration) with drift of 3 px per image: alignment, then the reconstruction's refinement
-    of the residual drift, recover every image's drift within 0.05 px RMS."""
+    of the residual drift, place the defocused images within 0.02 px RMS of each other's true
+    drift, and the in-focus image, whose drift the data identify weakly (docs/physics.md,
+    Alignment), within 0.1 px of them; better than the alignment alone (0.135 px RMS)."""
     spec = next(s for s in simulate.demo_campaign() if s.series == "s02_skyrmions")
     images, truth = simulate.simulate_series(dataclasses.replace(spec, drift_px=3.0))
     true_shifts = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
@@ -321,9 +323,13 @@ def test_recovered_drift_of_a_skyrmion_island():
         reconstruct.Settings(refine=("defocus", "shifts")),
     )
     recovered = reconstruct.total_drift(registration.shift_px, result, spec.defocus_nominal_nm)
-    rms = lambda s: float(np.sqrt(np.mean(np.sum((s - true_shifts) ** 2, axis=1))))  # noqa: E731
-    assert rms(recovered) < 0.05
-    assert rms(recovered) < rms(registration.shift_px)
+    rms = lambda s: float(np.sqrt(np.mean(np.sum(s**2, axis=1))))  # noqa: E731
+    error = recovered - true_shifts  # the in-focus image (reference) has error 0 by definition
+    defocused = np.abs(np.asarray(spec.defocus_nominal_nm)) > 0
+    offset = error[defocused].mean(axis=0)  # of the defocused images against the in-focus one
+    assert rms(error[defocused] - offset) < 0.02
+    assert np.hypot(*offset) < 0.1
+    assert rms(error) < rms(registration.shift_px - true_shifts)
     assert metrics.phase_accuracy(result.phase, truth["phase"].values) > 0.99
 
 
