@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 
-def run(spec, threads: int) -> dict:
+def run(spec, threads: int, device: str = "cpu") -> dict:
     """AD and TIE on one simulated series; figures of merit against its truth."""
     import torch
 
@@ -48,7 +48,7 @@ def run(spec, threads: int) -> dict:
     tie_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = reconstruct.reconstruct(
-        images, nominal, spec.pixel_size_nm, reconstruct.Microscope(), reconstruct.Settings()
+        images, nominal, spec.pixel_size_nm, reconstruct.Microscope(), reconstruct.Settings(device=device)
     )
     ad_s = time.perf_counter() - t0
     return {
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--defocus", type=float, nargs="+", help="nominal defocus in nm (default: the demo's)")
     parser.add_argument("--calibration", type=float, help="true / nominal defocus (default: the demo's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per series")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where AD runs")
     args = parser.parse_args()
 
     changes = {"size_px": args.size, "defocus_nominal_nm": args.defocus and tuple(args.defocus)}
@@ -89,7 +90,7 @@ def main() -> None:
         if spec.series in args.series
     ]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        rows = list(pool.map(functools.partial(run, threads=args.threads), specs))
+        rows = list(pool.map(functools.partial(run, threads=args.threads, device=args.device), specs))
     print(
         "| series | noise | acc AD | acc TIE | phase RMSE AD (rad) | phase RMSE TIE (rad) "
         "| defocus error AD | defocus error TIE (nominal) | time AD | time TIE |"

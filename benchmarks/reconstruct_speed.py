@@ -54,7 +54,7 @@ from phasepipe import reconstruct, simulate
 DEFOCUS = {3: (-1.6e6, 0.0, 1.6e6), 5: (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)}
 
 
-def problem(size: int, n_images: int):
+def problem(size: int, n_images: int, device: str = "cpu"):
     """Model, parameters and data of a simulated series, as :func:`reconstruct.reconstruct` sets them up."""
     spec = simulate.SeriesSpec("bench", "vortex", size_px=size, defocus_nominal_nm=DEFOCUS[n_images], drift_px=0.0)
     images, _ = simulate.simulate_series(spec)
@@ -62,28 +62,44 @@ def problem(size: int, n_images: int):
     data = images / images.mean(axis=(1, 2), keepdims=True)
     microscope = reconstruct.Microscope()
     params = reconstruct.Parameters(np.zeros((size, size)), np.ones((size, size)), nominal, microscope, n_images // 2)
-    model = reconstruct.ForwardModel((size, size), spec.pixel_size_nm, microscope, "cpu")
-    return model, params, torch.as_tensor(data, dtype=torch.float32)
+    model = reconstruct.ForwardModel((size, size), spec.pixel_size_nm, microscope, device)
+    return model, params.to(device), torch.as_tensor(data, dtype=torch.float32, device=device)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously to the host)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def iteration_time(model, params, data, iterations: int) -> float:
     """Seconds per iteration of ``fit`` with defocus refined from the first iteration on."""
     options = dict(reconstruct.DEFAULT_OPTIONS)
     options["defocus_scale"] = reconstruct.ParameterOptions(lr=1e-3, start=0)
+    device = data.device.type
     settings = reconstruct.Settings(
-        refine=("defocus",), max_iterations=iterations, converge=False, options=options, continuation_step=0
+        refine=("defocus",),
+        max_iterations=iterations,
+        converge=False,
+        options=options,
+        continuation_step=0,
+        device=device,
     )
+    synchronize(device)
     t0 = time.perf_counter()
     reconstruct.fit(model, params, data, settings, tv_weight=1e-4)
+    synchronize(device)
     return (time.perf_counter() - t0) / iterations
 
 
-def fft_time(size: int, count: int) -> float:
+def fft_time(size: int, count: int, device: str = "cpu") -> float:
     """Seconds for ``count`` complex64 FFTs of one image, half forward and half inverse."""
-    field = torch.randn(size, size, dtype=torch.complex64)
+    field = torch.randn(size, size, dtype=torch.complex64, device=device)
+    synchronize(device)
     t0 = time.perf_counter()
     for k in range(count):
         (torch.fft.ifft2 if k % 2 else torch.fft.fft2)(field)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -94,20 +110,22 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10, help="iterations per timing")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s); refine: defocus")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} thread(s)"
+    print(f"torch {torch.__version__}, {args.device}: {where}; refine: defocus")
     print("size   N  iteration (ms)  2N+2 FFTs (ms)  ratio (target <= 2.0)")
     for size in args.sizes:
         for n_images in args.images:
-            model, params, data = problem(size, n_images)
+            model, params, data = problem(size, n_images, args.device)
             iteration_time(model, params, data, 3)  # warm-up
-            fft_time(size, 4)
+            fft_time(size, 4, args.device)
             per_it, ffts = [], []
             for _ in range(args.repeat):
                 per_it.append(iteration_time(model, params, data, args.iterations))
-                ffts.append(fft_time(size, 2 * n_images + 2))
+                ffts.append(fft_time(size, 2 * n_images + 2, args.device))
             it, ff = statistics.median(per_it), statistics.median(ffts)
             print(f"{size:5d}  {n_images}  {1e3 * it:14.1f}  {1e3 * ff:14.1f}  {it / ff:6.2f}", flush=True)
 
