@@ -45,6 +45,7 @@ GROUPS = {
     "shifts": ("shifts",),
 }
 MAX_DECAYS = 3
+READ_BACK = 10  # iterations between reading a GPU's misfits back to the host
 COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least this many px a side
 
 
@@ -302,6 +303,11 @@ def fit(
         for group in GROUPS[name]:
             getattr(params, group).requires_grad_(group in refined)
     last_start = max(max(settings.options[name].start for name in groups), int(included.max()))
+    included = torch.as_tensor(included, device=data.device)
+    # A GPU runs ahead of the host: its misfits are read back every READ_BACK iterations, not each
+    # one, so that the host does not wait on it every iteration (a CPU's at once).
+    read_back = 1 if data.device.type == "cpu" else READ_BACK
+    pending: list[torch.Tensor] = []
     history: list[float] = []
     t0 = time.perf_counter()
     window = 50
@@ -311,18 +317,23 @@ def fit(
     for it in range(1, settings.max_iterations + 1):
         for opt in optimisers.values():
             opt.zero_grad(set_to_none=True)
-        active = torch.as_tensor(included <= it, dtype=data.dtype, device=data.device)
+        active = (included <= it).to(data.dtype)
         misfit = model.misfit(params, data, active, "shifts" in settings.refine)
         loss = misfit + tv_weight * total_variation(params.phase)
         loss.backward()
         for name, opt in optimisers.items():
             if it > settings.options[name].start:
                 opt.step()
-        history.append(float(misfit.detach()))
+        pending.append(misfit.detach())
         with torch.no_grad():
             params.phase -= params.phase.mean()  # the global phase constant is unobservable
+        if it % read_back and it < settings.max_iterations:
+            continue
+        history.extend(torch.stack(pending).tolist())
         if progress is not None:
-            progress(it, history[-1])
+            for k in range(it - len(pending) + 1, it + 1):
+                progress(k, history[k - 1])
+        pending.clear()
         if it % settings.log_every == 0:
             log.info(
                 "iteration %d  misfit %.4e  defocus_nm %s  %.1f it/s",
@@ -481,8 +492,15 @@ def _fit_canvas(
             nominal,
             pixel_size_nm * factor,
             microscope,
-            # The drift is left to the full resolution, where it is identified best.
-            replace(settings, coarse_factor=1, refine=tuple(name for name in settings.refine if name != "shifts")),
+            # The drift is left to the full resolution, where it is identified best; the TV weight
+            # is the full resolution's (the binned images' lower noise would choose a weaker one,
+            # which on three noisy images biased the defocus twice as much, docs/physics.md).
+            replace(
+                settings,
+                coarse_factor=1,
+                refine=tuple(name for name in settings.refine if name != "shifts"),
+                tv_weight=tv_weight,
+            ),
         )
         coarse_seconds = coarse.result.seconds
         log.info("coarse fit (binned %d x): %d iterations, %.1f s", factor, coarse.result.iterations, coarse_seconds)
