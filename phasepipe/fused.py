@@ -3,24 +3,30 @@
 Autograd through the forward model (:class:`phasepipe.reconstruct.ForwardModel`) spends most of an
 iteration on element-wise complex work: a full-size pass per operation and direction, fresh
 buffers, dtype promotions. :class:`SeriesMisfit` computes the misfit of a series and its gradient
-together, in the 2N + 2 FFTs they need, with every image's work between them fused:
+together, in the 2N + 2 FFTs they need, with three compiled kernels per image between them:
 
-- forward, per image: S = Psi T R (psi's spectrum times the transfer function of
-  :mod:`phasepipe.physics` and the drift ramp, T R from one compiled kernel); the image mean by
-  Parseval from sum |S|^2, so that W = F^-1 S is read once, by the kernel that forms the residual
-  of the mean-normalised image and dL/dW;
-- backward, per image: dL/dS = F[dL/dW] / P minus the mean normalisation's term, a multiple of S;
-  h = conj(T R) dL/dS, summed into dL/dPsi. The gradient of any scalar microscope parameter theta is
-  Re <h, Psi d log(T R)/d theta>: a dot product with a map made once per iteration, because
-  d log T/d df is linear in df and d log R/d shift does not depend on the shift.
+- spectrum: S = Psi T R (psi's spectrum times the transfer function of :mod:`phasepipe.physics`
+  and the drift ramp). T R's phase is p0 + df p1 + the shift angle, and p1 = -pi lambda q^2 and
+  the shift angle are a function of qy plus one of qx: exp(i phase) is a fixed map times the
+  outer product of two vectors made per image, so a pixel costs one real exp (the coherence
+  envelopes, not separable) and no cos or sin;
+- residual, on W = F^-1 S: the image mean m over the measured pixels M and
+  C = sum M r J (J = |W|^2 / m, r = J - D) from sums of |W|^2, |W|^4 and D |W|^2 in one pass;
+  the misfit and F^-1[dL/dS] = a M (r - C / P_M) W (the mean normalisation's term included)
+  in a second, written over W;
+- adjoint, on G = F[...] = dL/dS: h = conj(T R) G summed into dL/dPsi, and the gradient of each
+  image's defocus and drift, Re sum conj(G) S d log(T R)/d theta, with d log T/d df linear in
+  df and d log R/d shift independent of the shift: q-maps made once.
 
 Each image is done start to end, forward and backward, before the next, while its buffers are in
 cache; images of weight 0 (not yet admitted by the defocus continuation) are skipped.
 
-Compiled kernels (torch inductor, on first use for each image size; eager where compilation is
-unavailable) do the real arithmetic on planar float32 maps, and ATen's vectorised complex ops and
-FFTs the rest: inductor's code for interleaved complex data is slow on CPU. Buffers are kept
-between iterations: fresh multi-megabyte buffers cost page faults every time.
+Kernels are compiled by torch inductor on first use for each image size (eager where compilation
+is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
+:func:`_join`): inductor's code for the (y, x, 2) float view is scalar on CPU, the 64-bit words
+keep loads and stores contiguous and vectorised, and the kernels write straight into the FFTs'
+buffers. Buffers are kept between iterations: fresh multi-megabyte buffers cost page faults every
+time.
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -131,15 +137,13 @@ def _residual(image, data, measured, count, weight):
     return misfit
 
 
-def _adjoint(grad, psi, t_re, t_im, e1, e2, p1_y, p1_x, shift_y, shift_x, defocus_nm, h_sum):
+def _adjoint(grad, psi, t_re, t_im, e1, e2, p1, along_y, along_x, defocus_nm, h_sum):
     """h = conj(T R) G added to ``h_sum``; the gradients of the image's defocus and shift (y, x).
     G = dL/dS, Psi and h_sum are complex maps as int64 words.
 
     dL/d theta = Re sum conj(G) S d log(T R)/d theta, S = Psi T R:
     d log T/d df = e1 + 2 e2 df + i p1 (:func:`physics.transfer_log_derivative`), and
-    d log R/d shift = i times the shift angle of a unit shift. p1 and the shift angle are a
-    function of qy plus one of qx (float64 vectors ``p1_y``, ``shift_y`` (y,), ``p1_x``,
-    ``shift_x`` (x,)): weights of the row and column sums of Im(conj(G) S).
+    d log R/d shift = i times the shift angle of a unit shift (``along_y``, ``along_x``).
     """
     g_re, g_im = _split(grad)
     h_re, h_im = _split(h_sum)
@@ -147,11 +151,10 @@ def _adjoint(grad, psi, t_re, t_im, e1, e2, p1_y, p1_x, shift_y, shift_x, defocu
     p_re, p_im = _split(psi)
     s_re = p_re * t_re - p_im * t_im
     s_im = p_re * t_im + p_im * t_re
-    c_re = g_re * s_re + g_im * s_im
+    c_re = (g_re * s_re + g_im * s_im).double()
     c_im = (g_re * s_im - g_im * s_re).double()
-    rows, columns = c_im.sum(1), c_im.sum(0)
-    d_defocus = (c_re.double() * (e1 + 2 * defocus_nm * e2)).sum() - (rows * p1_y).sum() - (columns * p1_x).sum()
-    return torch.stack([d_defocus, -(rows * shift_y).sum(), -(columns * shift_x).sum()])
+    d_defocus = (c_re * (e1 + 2 * defocus_nm * e2) - c_im * p1).sum()
+    return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()])
 
 
 def _object_gradient(grad_wave, psi_re, psi_im):
@@ -197,19 +200,21 @@ class _Maps:
         amplitude = torch.exp(e0)
         self.a_re, self.a_im = (amplitude * torch.cos(p0)).float(), (amplitude * torch.sin(p0)).float()
         self.e1, self.e2 = e1.float(), e2.float()
-        # p1 = -pi lambda q^2 and the angle of a unit shift are a function of qy plus one of qx;
-        # qy = qx = 0 in the first row and column, which hold them.
         unit = torch.eye(2, dtype=torch.float64)
         along_y = physics.shift_angle(qy, qx, unit[0], pixel_size_nm)
         along_x = physics.shift_angle(qy, qx, unit[1], pixel_size_nm)
-        self.p1_y, self.p1_x, self.shift_y, self.shift_x = p1[:, 0], p1[0], along_y[:, 0], along_x[0]
+        self.p1, self.along_y, self.along_x = p1.float(), along_y.float(), along_x.float()
+        # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
+        # in the first row and column, which hold them.
+        self.vectors = (p1[:, 0], p1[0], along_y[:, 0], along_x[0])
 
     def ramps(self, defocus_nm: torch.Tensor, shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_y (N, 2, y) and u_x (N, 2, x), real and imaginary parts: exp(i (df p1 + shift angle))
         = u_y u_x, per image."""
+        p1_y, p1_x, along_y, along_x = self.vectors
         defocus, shifts = defocus_nm.double()[:, None], shifts_px.double()
-        angle_y = defocus * self.p1_y + shifts[:, :1] * self.shift_y
-        angle_x = defocus * self.p1_x + shifts[:, 1:] * self.shift_x
+        angle_y = defocus * p1_y + shifts[:, :1] * along_y
+        angle_x = defocus * p1_x + shifts[:, 1:] * along_x
         return tuple(torch.stack([a.cos(), a.sin()], 1).float() for a in (angle_y, angle_x))
 
 
@@ -314,18 +319,7 @@ class SeriesMisfit:
                 continue
             torch.fft.fft2(ws.image, out=ws.image)  # dL/dS_k
             gradients[k] = _ADJOINT(
-                image,
-                psi,
-                ws.t_re,
-                ws.t_im,
-                maps.e1,
-                maps.e2,
-                maps.p1_y,
-                maps.p1_x,
-                maps.shift_y,
-                maps.shift_x,
-                defocus[k],
-                h_sum,
+                image, psi, ws.t_re, ws.t_im, maps.e1, maps.e2, maps.p1, maps.along_y, maps.along_x, defocus[k], h_sum
             )
         if needs_grad and images:
             # The adjoint of fft2 is the unnormalised inverse transform.
