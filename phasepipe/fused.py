@@ -24,9 +24,9 @@ cache; images of weight 0 (not yet admitted by the defocus continuation) are ski
 Kernels are compiled by torch inductor on first use for each image size (eager where compilation
 is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
 :func:`_join`): inductor's code for the (y, x, 2) float view is scalar on CPU, the 64-bit words
-keep loads and stores contiguous and vectorised, and the kernels write straight into the FFTs'
-buffers. Buffers are kept between iterations: fresh multi-megabyte buffers cost page faults every
-time.
+keep loads and stores contiguous and vectorised, and the kernels read and write the FFTs' inputs
+and outputs directly. Kernel outputs go to buffers kept between iterations; the FFTs return fresh
+tensors (ATen's FFT with ``out=`` computes into a temporary and copies it).
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -116,22 +116,22 @@ def _residual(image, data, measured, count, weight):
 
     With I = |W|^2, M the measured pixels (``measured``, None: all) and P_M = ``count`` of them:
     m = sum M I / P_M, J = I / m, r = J - D, L = w sum M r^2 / P_M and
-    dL/dW = 4 w M (r - C / P_M) W / (P_M m) with C = sum M r J = S2 / m^2 - S3 / m
-    (S2 = sum M I^2, S3 = sum M D I): sums that need no m, so that one pass over W finds m and C
-    and a second the gradient. The 1 / P of F^-1's adjoint is folded in.
+    dL/dW = 4 w M (r - C / P_M) W / (P_M m) with C = sum M r J. L and C are polynomials in 1 / m
+    of S1 = sum M I, S2 = sum M I^2, S3 = sum M D I and S4 = sum M D^2, sums that need no m: one
+    pass over W finds them, a second writes the gradient. The 1 / P of F^-1's adjoint is folded in.
     """
     w_re, w_im = _split(image)
     intensity = w_re * w_re + w_im * w_im
-    weighted = intensity if measured is None else measured * intensity
-    # float64 sums: C is a small difference of two sums of the size of the pixel count.
-    weighted64 = weighted.double()
-    mean = weighted64.sum() / count
-    cross = (weighted64 * intensity.double()).sum() / mean**2 - (weighted64 * data.double()).sum() / mean
-    residual = intensity / mean.float() - data
-    masked = residual if measured is None else measured * residual
-    misfit = weight.double() * (masked.double() * residual.double()).sum() / count
+    weighted, data_weighted = (intensity, data) if measured is None else (measured * intensity, measured * data)
+    # float64 products and sums: L and C are small differences of sums of the size of P_M.
+    intensity64, data64 = intensity.double(), data.double()
+    s1, s2 = weighted.double().sum(), (weighted.double() * intensity64).sum()
+    s3, s4 = (data_weighted.double() * intensity64).sum(), (data_weighted.double() * data64).sum()
+    mean = s1 / count
+    cross = s2 / mean**2 - s3 / mean
+    misfit = weight.double() * (cross - s3 / mean + s4) / count  # sum M (J - D)^2 = C - sum M D J + S4
     scale = (4 * weight / (data.numel() * count * mean)).float()
-    gradient = residual - (cross / count).float()
+    gradient = intensity / mean.float() - data - (cross / count).float()
     gradient = scale * (gradient if measured is None else measured * gradient)
     image.copy_(_join(gradient * w_re, gradient * w_im))
     return misfit
@@ -198,12 +198,13 @@ class _Maps:
         qy, qx = qy.double(), qx.double()
         e0, e1, e2, p0, p1 = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, *coherence)
         amplitude = torch.exp(e0)
-        self.a_re, self.a_im = (amplitude * torch.cos(p0)).float(), (amplitude * torch.sin(p0)).float()
-        self.e1, self.e2 = e1.float(), e2.float()
         unit = torch.eye(2, dtype=torch.float64)
         along_y = physics.shift_angle(qy, qx, unit[0], pixel_size_nm)
         along_x = physics.shift_angle(qy, qx, unit[1], pixel_size_nm)
-        self.p1, self.along_y, self.along_x = p1.float(), along_y.float(), along_x.float()
+        # T R's fixed parts (_spectrum): A = exp(e0 + i p0), real and imaginary, e1 and e2.
+        self.transfer = tuple(x.float() for x in (amplitude * torch.cos(p0), amplitude * torch.sin(p0), e1, e2))
+        # d log(T R)/d theta: e1 and e2 (defocus, real part), p1 (defocus, imaginary), unit shifts.
+        self.derivatives = (*self.transfer[2:], p1.float(), along_y.float(), along_x.float())
         # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
         # in the first row and column, which hold them.
         self.vectors = (p1[:, 0], p1[0], along_y[:, 0], along_x[0])
@@ -219,18 +220,15 @@ class _Maps:
 
 
 class _Workspace:
-    """Buffers of one image shape, reused by every image and iteration (fresh multi-megabyte
-    buffers cost page faults every time)."""
+    """Buffers of one image shape for the kernels' outputs, reused by every image and iteration."""
 
     def __init__(self, shape: tuple[int, int], device: torch.device):
         if sys.byteorder != "little":  # _split reads the real part from the low word
             raise RuntimeError("the fast path needs a little-endian machine")
         self.key = (shape, device)
         self.psi_re, self.psi_im, self.t_re, self.t_im = (torch.empty(shape, device=device) for _ in range(4))
-        # Complex maps; their int64 views are what the compiled kernels see (_split).
-        self.spectrum, self.image, self.h_sum = (
-            torch.empty(shape, dtype=torch.complex64, device=device) for _ in range(3)
-        )
+        # Complex maps as the compiled kernels see them (_split): psi, an image's S, dL/dPsi.
+        self.psi, self.image, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(3))
         self.maps: _Maps | None = None
         self.maps_key: tuple = ()
 
@@ -297,12 +295,12 @@ class SeriesMisfit:
         """Misfit, and with ``ctx.needs_input_grad`` the gradients, which it saves in ``ctx``.
 
         Each image is done start to end (S, W, residual, gradient) while its buffers are in
-        cache; FFTs in place, for a smaller working set.
+        cache.
         """
         maps = ws.maps
-        psi, image, h_sum = (x.view(torch.int64) for x in (ws.spectrum, ws.image, ws.h_sum))
-        _WAVE(phase.detach(), log_amplitude.detach(), ws.psi_re, ws.psi_im, psi)
-        torch.fft.fft2(ws.spectrum, out=ws.spectrum)
+        # FFTs into fresh tensors (module doc); kernels write W's gradient over W.
+        _WAVE(phase.detach(), log_amplitude.detach(), ws.psi_re, ws.psi_im, ws.psi)
+        spectrum = torch.fft.fft2(ws.psi.view(torch.complex64)).view(torch.int64)
         defocus = defocus_nm.detach().float()
         ramp_y, ramp_x = maps.ramps(defocus_nm.detach(), shifts_px.detach())
         needs_grad = any(ctx.needs_input_grad[:4])
@@ -310,21 +308,17 @@ class SeriesMisfit:
         misfits, gradients = [], torch.zeros(len(data), 3, dtype=torch.float64, device=data.device)
         images = [k for k, w in enumerate(weight.tolist()) if w != 0]
         for k in images:
-            _SPECTRUM(
-                psi, maps.a_re, maps.a_im, maps.e1, maps.e2, ramp_y[k], ramp_x[k], defocus[k], ws.t_re, ws.t_im, image
-            )
-            torch.fft.ifft2(ws.image, out=ws.image)  # W_k
-            misfits.append(_RESIDUAL(image, data[k], self.measured, self.count, weight[k]))
+            _SPECTRUM(spectrum, *maps.transfer, ramp_y[k], ramp_x[k], defocus[k], ws.t_re, ws.t_im, ws.image)
+            wave = torch.fft.ifft2(ws.image.view(torch.complex64))  # W_k
+            misfits.append(_RESIDUAL(wave.view(torch.int64), data[k], self.measured, self.count, weight[k]))
             if not needs_grad:
                 continue
-            torch.fft.fft2(ws.image, out=ws.image)  # dL/dS_k
-            gradients[k] = _ADJOINT(
-                image, psi, ws.t_re, ws.t_im, maps.e1, maps.e2, maps.p1, maps.along_y, maps.along_x, defocus[k], h_sum
-            )
+            grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
+            gradients[k] = _ADJOINT(grad, spectrum, ws.t_re, ws.t_im, *maps.derivatives, defocus[k], ws.h_sum)
         if needs_grad and images:
             # The adjoint of fft2 is the unnormalised inverse transform.
-            torch.fft.ifft2(ws.h_sum, norm="forward", out=ws.h_sum)
-            d_phase, d_log_amplitude = _OBJECT_GRADIENT(h_sum, ws.psi_re, ws.psi_im)
+            h_psi = torch.fft.ifft2(ws.h_sum.view(torch.complex64), norm="forward").view(torch.int64)
+            d_phase, d_log_amplitude = _OBJECT_GRADIENT(h_psi, ws.psi_re, ws.psi_im)
             d_defocus = gradients[:, 0].to(defocus_nm.dtype)
             d_shift = gradients[:, 1:].to(shifts_px.dtype)
             ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
