@@ -3,24 +3,30 @@
 Autograd through the forward model (:class:`phasepipe.reconstruct.ForwardModel`) spends most of an
 iteration on element-wise complex work: a full-size pass per operation and direction, fresh
 buffers, dtype promotions. :class:`SeriesMisfit` computes the misfit of a series and its gradient
-together, in the 2N + 2 FFTs they need, with every image's work between them fused:
+together, in the 2N + 2 FFTs they need, with three compiled kernels per image between them:
 
-- forward, per image: S = Psi T R (psi's spectrum times the transfer function of
-  :mod:`phasepipe.physics` and the drift ramp, T R from one compiled kernel); the image mean by
-  Parseval from sum |S|^2, so that W = F^-1 S is read once, by the kernel that forms the residual
-  of the mean-normalised image and dL/dW;
-- backward, per image: dL/dS = F[dL/dW] / P minus the mean normalisation's term, a multiple of S;
-  h = conj(T R) dL/dS, summed into dL/dPsi. The gradient of any scalar microscope parameter theta is
-  Re <h, Psi d log(T R)/d theta>: a dot product with a map made once per iteration, because
-  d log T/d df is linear in df and d log R/d shift does not depend on the shift.
+- spectrum: S = Psi T R (psi's spectrum times the transfer function of :mod:`phasepipe.physics`
+  and the drift ramp). T R's phase is p0 + df p1 + the shift angle, and p1 = -pi lambda q^2 and
+  the shift angle are a function of qy plus one of qx: exp(i phase) is a fixed map times the
+  outer product of two vectors made per image, so a pixel costs one real exp (the coherence
+  envelopes, not separable) and no cos or sin;
+- residual, on W = F^-1 S: the image mean m over the measured pixels M and
+  C = sum M r J (J = |W|^2 / m, r = J - D) from sums of |W|^2, |W|^4 and D |W|^2 in one pass;
+  the misfit and F^-1[dL/dS] = a M (r - C / P_M) W (the mean normalisation's term included)
+  in a second, written over W;
+- adjoint, on G = F[...] = dL/dS: h = conj(T R) G summed into dL/dPsi, and the gradient of each
+  image's defocus and drift, Re sum conj(G) S d log(T R)/d theta, with d log T/d df linear in
+  df and d log R/d shift independent of the shift: q-maps made once.
 
 Each image is done start to end, forward and backward, before the next, while its buffers are in
 cache; images of weight 0 (not yet admitted by the defocus continuation) are skipped.
 
-Compiled kernels (torch inductor, on first use for each image size; eager where compilation is
-unavailable) do the real arithmetic on planar float32 maps, and ATen's vectorised complex ops and
-FFTs the rest: inductor's code for interleaved complex data is slow on CPU. Buffers are kept
-between iterations: fresh multi-megabyte buffers cost page faults every time.
+Kernels are compiled by torch inductor on first use for each image size (eager where compilation
+is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
+:func:`_join`): inductor's code for the (y, x, 2) float view is scalar on CPU, the 64-bit words
+keep loads and stores contiguous and vectorised, and the kernels read and write the FFTs' inputs
+and outputs directly. Kernel outputs go to buffers kept between iterations; the FFTs return fresh
+tensors (ATen's FFT with ``out=`` computes into a temporary and copies it).
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -29,6 +35,7 @@ Hessian) and float64 models use autograd through the forward model instead.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 import torch
@@ -60,51 +67,99 @@ class _Kernel:
         return self.run(*args)
 
 
-def _wave(phase, log_amplitude, wave_re, wave_im):
+def _split(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of a complex64 map seen as int64 (``z.view(torch.int64)``).
+
+    Inductor's code for the strided (y, x, 2) view of complex data is scalar on CPU; one 64-bit
+    word per pixel, split by bit operations, keeps every load contiguous and vectorised. The real
+    part is the low word (little-endian, checked in :class:`_Workspace`).
+    """
+    return bits.to(torch.int32).view(torch.float32), (bits >> 32).to(torch.int32).view(torch.float32)
+
+
+def _join(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """The int64 words of the complex64 map re + i im (inverse of :func:`_split`)."""
+    return (im.view(torch.int32).to(torch.int64) << 32) | (re.view(torch.int32).to(torch.int64) & 0xFFFFFFFF)
+
+
+def _wave(phase, log_amplitude, psi_re, psi_im, psi):
+    """psi = exp(log_amplitude + i phase), planar and into the complex map ``psi`` (int64 words)."""
     amplitude = torch.exp(log_amplitude)
-    wave_re.copy_(amplitude * torch.cos(phase))
-    wave_im.copy_(amplitude * torch.sin(phase))
+    re, im = amplitude * torch.cos(phase), amplitude * torch.sin(phase)
+    psi_re.copy_(re)
+    psi_im.copy_(im)
+    psi.copy_(_join(re, im))
 
 
-def _transfer(qy, qx, defocus_nm, shift_px, optics: tuple, t_re, t_im):
-    """Real and imaginary parts of T R, one image's transfer function times its drift ramp."""
-    wavelength_nm, cs_nm, theta, spread, pixel_size_nm = optics
-    coefficients = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, theta, spread)
-    log_magnitude, angle = physics.transfer_exponent(coefficients, defocus_nm)
-    angle = angle + physics.shift_angle(qy, qx, shift_px, pixel_size_nm)
-    magnitude = torch.exp(log_magnitude)
-    t_re.copy_(magnitude * torch.cos(angle))
-    t_im.copy_(magnitude * torch.sin(angle))
+def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm, t_re, t_im, image):
+    """T R (planar) and S = Psi T R (into ``image``) from Psi (complex maps as int64 words).
+
+    T R = A exp(df e1 + df^2 e2) u_y u_x: A = exp(e0 + i p0) (:func:`physics.transfer_coefficients`)
+    and the rest of the phase, exp(i (df p1 + shift angle)), separable into u_y (2, y) times
+    u_x (2, x) because p1 and the shift angle are sums of a function of qy and one of qx: a real
+    exp per pixel and no cos or sin.
+    """
+    magnitude = torch.exp(defocus_nm * (e1 + defocus_nm * e2))
+    uy_re, uy_im, ux_re, ux_im = ramp_y[0, :, None], ramp_y[1, :, None], ramp_x[0], ramp_x[1]
+    u_re = uy_re * ux_re - uy_im * ux_im
+    u_im = uy_re * ux_im + uy_im * ux_re
+    tr_re = magnitude * (a_re * u_re - a_im * u_im)
+    tr_im = magnitude * (a_re * u_im + a_im * u_re)
+    t_re.copy_(tr_re)
+    t_im.copy_(tr_im)
+    p_re, p_im = _split(psi)
+    image.copy_(_join(p_re * tr_re - p_im * tr_im, p_re * tr_im + p_im * tr_re))
 
 
-def _residual(wave, data, mean, scale, residual, grad_re, grad_im):
-    """r = |W|^2 / m - D and the transformed part of dL/dW, a r W (see :meth:`SeriesMisfit.forward`)."""
-    w_re, w_im = wave[..., 0], wave[..., 1]
-    r = (w_re * w_re + w_im * w_im) / mean - data
-    residual.copy_(r)
-    grad_re.copy_(scale * r * w_re)
-    grad_im.copy_(scale * r * w_im)
+def _residual(image, data, measured, count, weight):
+    """Misfit term of one image; F^-1[dL/dS] written over W = ``image`` (int64 words).
+
+    With I = |W|^2, M the measured pixels (``measured``, None: all) and P_M = ``count`` of them:
+    m = sum M I / P_M, J = I / m, r = J - D, L = w sum M r^2 / P_M and
+    dL/dW = 4 w M (r - C / P_M) W / (P_M m) with C = sum M r J. L and C are polynomials in 1 / m
+    of S1 = sum M I, S2 = sum M I^2, S3 = sum M D I and S4 = sum M D^2, sums that need no m: one
+    pass over W finds them, a second writes the gradient. The 1 / P of F^-1's adjoint is folded in.
+    """
+    w_re, w_im = _split(image)
+    intensity = w_re * w_re + w_im * w_im
+    weighted, data_weighted = (intensity, data) if measured is None else (measured * intensity, measured * data)
+    # float64 products and sums: L and C are small differences of sums of the size of P_M.
+    intensity64, data64 = intensity.double(), data.double()
+    s1, s2 = weighted.double().sum(), (weighted.double() * intensity64).sum()
+    s3, s4 = (data_weighted.double() * intensity64).sum(), (data_weighted.double() * data64).sum()
+    mean = s1 / count
+    cross = s2 / mean**2 - s3 / mean
+    misfit = weight.double() * (cross - s3 / mean + s4) / count  # sum M (J - D)^2 = C - sum M D J + S4
+    scale = (4 * weight / (data.numel() * count * mean)).float()
+    gradient = intensity / mean.float() - data - (cross / count).float()
+    gradient = scale * (gradient if measured is None else measured * gradient)
+    image.copy_(_join(gradient * w_re, gradient * w_im))
+    return misfit
 
 
-def _residual_sums(residual, data):
-    """sum r^2 and sum r J (J = r + D, the normalised model image), accumulated in float64."""
-    return (residual * residual).double().sum(), (residual * (residual + data)).double().sum()
+def _adjoint(grad, psi, t_re, t_im, e1, e2, p1, along_y, along_x, defocus_nm, h_sum):
+    """h = conj(T R) G added to ``h_sum``; the gradients of the image's defocus and shift (y, x).
+    G = dL/dS, Psi and h_sum are complex maps as int64 words.
 
-
-def _derivative_maps(qy, qx, optics: tuple):
-    """d log(T R)/d theta as (real, imag) q-maps: defocus (constant and slope in df), shift y, x."""
-    wavelength_nm, cs_nm, theta, spread, pixel_size_nm = optics
-    coefficients = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, theta, spread)
-    real, imag, slope = physics.transfer_log_derivative(coefficients)
-    # R = exp(i angle) with the angle linear in the shift: d log R = i angle(unit shift).
-    along_y = physics.shift_angle(qy, qx, torch.tensor([1.0, 0.0]), pixel_size_nm)
-    along_x = physics.shift_angle(qy, qx, torch.tensor([0.0, 1.0]), pixel_size_nm)
-    return real, imag, slope, along_y, along_x
+    dL/d theta = Re sum conj(G) S d log(T R)/d theta, S = Psi T R:
+    d log T/d df = e1 + 2 e2 df + i p1 (:func:`physics.transfer_log_derivative`), and
+    d log R/d shift = i times the shift angle of a unit shift (``along_y``, ``along_x``).
+    """
+    g_re, g_im = _split(grad)
+    h_re, h_im = _split(h_sum)
+    h_sum.copy_(_join(h_re + t_re * g_re + t_im * g_im, h_im + t_re * g_im - t_im * g_re))
+    p_re, p_im = _split(psi)
+    s_re = p_re * t_re - p_im * t_im
+    s_im = p_re * t_im + p_im * t_re
+    c_re = (g_re * s_re + g_im * s_im).double()
+    c_im = (g_re * s_im - g_im * s_re).double()
+    d_defocus = (c_re * (e1 + 2 * defocus_nm * e2) - c_im * p1).sum()
+    return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()])
 
 
 def _object_gradient(grad_wave, psi_re, psi_im):
-    """dL/dphi = Re(conj(g) i psi) and dL/d(log a) = Re(conj(g) psi) for g = dL/dpsi."""
-    g_re, g_im = grad_wave[..., 0], grad_wave[..., 1]
+    """dL/dphi = Re(conj(g) i psi) and dL/d(log a) = Re(conj(g) psi) for g = dL/dpsi (int64 words)."""
+    g_re, g_im = _split(grad_wave)
     return g_im * psi_re - g_re * psi_im, g_re * psi_re + g_im * psi_im
 
 
@@ -128,34 +183,54 @@ def _total_variation(phase, eps: float):
 
 
 _WAVE = _Kernel(_wave)
-_TRANSFER = _Kernel(_transfer)
+_SPECTRUM = _Kernel(_spectrum)
 _RESIDUAL = _Kernel(_residual)
-_RESIDUAL_SUMS = _Kernel(_residual_sums)
-_DERIVATIVE_MAPS = _Kernel(_derivative_maps)
+_ADJOINT = _Kernel(_adjoint)
 _OBJECT_GRADIENT = _Kernel(_object_gradient)
 _TOTAL_VARIATION = _Kernel(_total_variation)
 
 
+class _Maps:
+    """q-maps and q-vectors of T R for one image size and coherence (theta_c, Delta), made in
+    float64 and kept as float32."""
+
+    def __init__(self, qy, qx, wavelength_nm: float, cs_nm: float, coherence: tuple, pixel_size_nm: float):
+        qy, qx = qy.double(), qx.double()
+        e0, e1, e2, p0, p1 = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, *coherence)
+        amplitude = torch.exp(e0)
+        unit = torch.eye(2, dtype=torch.float64)
+        along_y = physics.shift_angle(qy, qx, unit[0], pixel_size_nm)
+        along_x = physics.shift_angle(qy, qx, unit[1], pixel_size_nm)
+        # T R's fixed parts (_spectrum): A = exp(e0 + i p0), real and imaginary, e1 and e2.
+        self.transfer = tuple(x.float() for x in (amplitude * torch.cos(p0), amplitude * torch.sin(p0), e1, e2))
+        # d log(T R)/d theta: e1 and e2 (defocus, real part), p1 (defocus, imaginary), unit shifts.
+        self.derivatives = (*self.transfer[2:], p1.float(), along_y.float(), along_x.float())
+        # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
+        # in the first row and column, which hold them.
+        self.vectors = (p1[:, 0], p1[0], along_y[:, 0], along_x[0])
+
+    def ramps(self, defocus_nm: torch.Tensor, shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u_y (N, 2, y) and u_x (N, 2, x), real and imaginary parts: exp(i (df p1 + shift angle))
+        = u_y u_x, per image."""
+        p1_y, p1_x, along_y, along_x = self.vectors
+        defocus, shifts = defocus_nm.double()[:, None], shifts_px.double()
+        angle_y = defocus * p1_y + shifts[:, :1] * along_y
+        angle_x = defocus * p1_x + shifts[:, 1:] * along_x
+        return tuple(torch.stack([a.cos(), a.sin()], 1).float() for a in (angle_y, angle_x))
+
+
 class _Workspace:
-    """Buffers of one image shape, reused by every image and iteration. Kernel outputs are
-    separate tensors: compiled functions that write into views of one buffer copy all of it."""
+    """Buffers of one image shape for the kernels' outputs, reused by every image and iteration."""
 
     def __init__(self, shape: tuple[int, int], device: torch.device):
-        def real():
-            return torch.empty(shape, device=device)
-
-        def cplx(*lead):
-            return torch.empty(*lead, *shape, dtype=torch.complex64, device=device)
-
+        if sys.byteorder != "little":  # _split reads the real part from the low word
+            raise RuntimeError("the fast path needs a little-endian machine")
         self.key = (shape, device)
-        self.psi_re, self.psi_im, self.t_re, self.t_im = (real() for _ in range(4))
-        self.grad_re, self.grad_im, self.residual = (real() for _ in range(3))
-        self.zero = torch.zeros(shape, device=device)
-        self.spectrum, self.transfer, self.image, self.grad = (cplx() for _ in range(4))
-        self.h, self.h_sum = cplx(), cplx()
-        # d log(T R)/d theta for defocus (constant, slope in df), shift y, x; and times Psi.
-        self.derivatives, self.maps = cplx(4), cplx(4)
-        self.derivatives_key: tuple = ()
+        self.psi_re, self.psi_im, self.t_re, self.t_im = (torch.empty(shape, device=device) for _ in range(4))
+        # Complex maps as the compiled kernels see them (_split): psi, an image's S, dL/dPsi.
+        self.psi, self.image, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(3))
+        self.maps: _Maps | None = None
+        self.maps_key: tuple = ()
 
 
 class SeriesMisfit:
@@ -165,11 +240,24 @@ class SeriesMisfit:
     ----------
     qy, qx : float32 frequency grid (:func:`physics.frequency_grid`), cycles per nm.
     wavelength_nm, cs_nm, pixel_size_nm : the fixed optics.
+    measured : optional (y, x) weights of the pixels, 1 where data exist and 0 elsewhere (a
+        tile's canvas): the images' means and the misfit are taken over them.
     """
 
-    def __init__(self, qy: torch.Tensor, qx: torch.Tensor, wavelength_nm: float, cs_nm: float, pixel_size_nm: float):
+    def __init__(
+        self,
+        qy: torch.Tensor,
+        qx: torch.Tensor,
+        wavelength_nm: float,
+        cs_nm: float,
+        pixel_size_nm: float,
+        measured: torch.Tensor | None = None,
+    ):
         self.qy, self.qx = qy, qx
         self.wavelength_nm, self.cs_nm, self.pixel_size_nm = wavelength_nm, cs_nm, pixel_size_nm
+        self.measured = measured
+        count = qy.numel() * qx.numel() if measured is None else measured.sum()
+        self.count = torch.as_tensor(count, dtype=torch.float64, device=qy.device)
         self._workspace: _Workspace | None = None
 
     def __call__(
@@ -183,7 +271,8 @@ class SeriesMisfit:
         beam_divergence_rad: torch.Tensor,
         defocus_spread_nm: torch.Tensor,
     ) -> torch.Tensor:
-        """sum_k weight_k mean((I_k / mean(I_k) - data_k)^2), I_k = |F^-1[F[psi] T_k R_k]|^2.
+        """sum_k weight_k mean_M((I_k / mean_M(I_k) - data_k)^2), I_k = |F^-1[F[psi] T_k R_k]|^2,
+        means over the measured pixels M.
 
         ``phase`` and ``log_amplitude`` (y, x) give psi = exp(log_amplitude + i phase);
         ``defocus_nm`` (N,) and ``shifts_px`` (N, 2) every image's defocus and drift (y, x);
@@ -192,104 +281,65 @@ class SeriesMisfit:
         Returns a 0-d float32 tensor whose gradient flows to phase, log_amplitude, defocus_nm and
         shifts_px.
         """
-        optics = (
-            self.wavelength_nm,
-            self.cs_nm,
-            beam_divergence_rad.detach().float(),
-            defocus_spread_nm.detach().float(),
-            self.pixel_size_nm,
-        )
         key = (tuple(data.shape[1:]), data.device)
         if self._workspace is None or self._workspace.key != key:
             self._workspace = _Workspace(*key)
-        return _SeriesMisfitFunction.apply(
-            phase, log_amplitude, defocus_nm, shifts_px, data, weight, self, optics, self._workspace
-        )
+        ws = self._workspace
+        coherence = (float(beam_divergence_rad), float(defocus_spread_nm))
+        if ws.maps_key != coherence:  # fixed unless the coherence changes
+            ws.maps = _Maps(self.qy, self.qx, self.wavelength_nm, self.cs_nm, coherence, self.pixel_size_nm)
+            ws.maps_key = coherence
+        return _SeriesMisfitFunction.apply(phase, log_amplitude, defocus_nm, shifts_px, data, weight, self, ws)
 
-    def forward(self, ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, optics, ws: _Workspace):
+    def forward(self, ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, ws: _Workspace):
         """Misfit, and with ``ctx.needs_input_grad`` the gradients, which it saves in ``ctx``.
 
-        Each image is done start to end (forward, residual, gradient) while its buffers are in
-        cache. With P pixels per image, W = F^-1 S has mean m = sum |S|^2 / P^2 and
-        J = |W|^2 / m. For L = sum_k w_k mean((J_k - D_k)^2), dL/dW = a (r - C / P) W P with
-        r = J - D, C = sum r J and a = 4 w / (P^2 m); so dL/dS = F[a r W] - (a C / P) S.
+        Each image is done start to end (S, W, residual, gradient) while its buffers are in
+        cache.
         """
-        pixels = data.shape[-1] * data.shape[-2]
-        defocus, shifts = defocus_nm.detach().float(), shifts_px.detach().float()
-        _WAVE(phase.detach(), log_amplitude.detach(), ws.psi_re, ws.psi_im)
-        torch.fft.fft2(torch.complex(ws.psi_re, ws.psi_im, out=ws.spectrum), out=ws.spectrum)
-        # Gradients wanted: defocus needs maps 0-1, shifts 2-3 as well.
-        n_maps = 4 if ctx.needs_input_grad[3] else 2 if ctx.needs_input_grad[2] else 0
+        maps = ws.maps
+        # FFTs into fresh tensors (module doc); kernels write W's gradient over W.
+        _WAVE(phase.detach(), log_amplitude.detach(), ws.psi_re, ws.psi_im, ws.psi)
+        spectrum = torch.fft.fft2(ws.psi.view(torch.complex64)).view(torch.int64)
+        defocus = defocus_nm.detach().float()
+        ramp_y, ramp_x = maps.ramps(defocus_nm.detach(), shifts_px.detach())
         needs_grad = any(ctx.needs_input_grad[:4])
-        if n_maps:
-            key = (float(optics[2]), float(optics[3]))
-            if ws.derivatives_key != key:  # fixed unless the coherence changes
-                re, im, slope, along_y, along_x = _DERIVATIVE_MAPS(self.qy, self.qx, optics)
-                parts = [(re, im), (slope, ws.zero), (ws.zero, along_y), (ws.zero, along_x)]
-                for i, (real, imag) in enumerate(parts):
-                    torch.complex(real, imag, out=ws.derivatives[i])
-                ws.derivatives_key = key
-            for i in range(n_maps):
-                torch.mul(ws.spectrum, ws.derivatives[i], out=ws.maps[i])
-        dots = torch.zeros(len(data), 4, dtype=torch.float64, device=data.device)
-        misfit = 0.0
-        images = [(k, w) for k, w in enumerate(weight.tolist()) if w != 0]
         ws.h_sum.zero_()
-        for k, w in images:
-            _TRANSFER(self.qy, self.qx, defocus[k], shifts[k], optics, ws.t_re, ws.t_im)
-            torch.complex(ws.t_re, ws.t_im, out=ws.transfer)
-            torch.mul(ws.spectrum, ws.transfer, out=ws.image)  # S_k
-            power = float(torch.vdot(ws.image.view(-1), ws.image.view(-1)).real)
-            # FFTs in place, here and below: a smaller working set keeps them in cache.
-            torch.fft.ifft2(ws.image, out=ws.image)  # W_k
-            mean = power / pixels**2
-            scale = 4 * w / (pixels**2 * mean)
-            _RESIDUAL(
-                torch.view_as_real(ws.image),
-                data[k],
-                torch.tensor(mean),
-                torch.tensor(scale),
-                ws.residual,
-                ws.grad_re,
-                ws.grad_im,
-            )
-            squares, cross = _RESIDUAL_SUMS(ws.residual, data[k])
-            misfit += w * float(squares) / pixels
+        misfits, gradients = [], torch.zeros(len(data), 3, dtype=torch.float64, device=data.device)
+        images = [k for k, w in enumerate(weight.tolist()) if w != 0]
+        for k in images:
+            _SPECTRUM(spectrum, *maps.transfer, ramp_y[k], ramp_x[k], defocus[k], ws.t_re, ws.t_im, ws.image)
+            wave = torch.fft.ifft2(ws.image.view(torch.complex64))  # W_k
+            misfits.append(_RESIDUAL(wave.view(torch.int64), data[k], self.measured, self.count, weight[k]))
             if not needs_grad:
                 continue
-            torch.fft.fft2(torch.complex(ws.grad_re, ws.grad_im, out=ws.grad), out=ws.grad)
-            torch.mul(ws.spectrum, ws.transfer, out=ws.image)  # S_k again: cheaper than keeping it
-            ws.grad.sub_(ws.image, alpha=scale * float(cross) / pixels)  # dL/dS_k
-            # h_k = conj(T_k R_k) dL/dS_k, summed into dL/dPsi.
-            torch.mul(ws.transfer.conj(), ws.grad, out=ws.h)
-            ws.h_sum.add_(ws.h)
-            for i in range(n_maps):
-                dots[k, i] = torch.vdot(ws.h.view(-1), ws.maps[i].view(-1)).real
+            grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
+            gradients[k] = _ADJOINT(grad, spectrum, ws.t_re, ws.t_im, *maps.derivatives, defocus[k], ws.h_sum)
         if needs_grad and images:
             # The adjoint of fft2 is the unnormalised inverse transform.
-            torch.fft.ifft2(ws.h_sum, norm="forward", out=ws.h_sum)
-            d_phase, d_log_amplitude = _OBJECT_GRADIENT(torch.view_as_real(ws.h_sum), ws.psi_re, ws.psi_im)
-            d_defocus = (dots[:, 0] + defocus.double() * dots[:, 1]).to(defocus_nm.dtype)
-            d_shift = dots[:, 2:].to(shifts_px.dtype)
+            h_psi = torch.fft.ifft2(ws.h_sum.view(torch.complex64), norm="forward").view(torch.int64)
+            d_phase, d_log_amplitude = _OBJECT_GRADIENT(h_psi, ws.psi_re, ws.psi_im)
+            d_defocus = gradients[:, 0].to(defocus_nm.dtype)
+            d_shift = gradients[:, 1:].to(shifts_px.dtype)
             ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
-        return torch.tensor(misfit, dtype=torch.float32, device=data.device)
+        return torch.stack(misfits).sum().float() if misfits else torch.zeros((), device=data.device)
 
 
 class _SeriesMisfitFunction(torch.autograd.Function):
     """Misfit and gradient in one forward pass; the backward only scales the stored gradient."""
 
     @staticmethod
-    def forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, series, optics, workspace):
-        return series.forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, optics, workspace)
+    def forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, series, workspace):
+        return series.forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, workspace)
 
     @staticmethod
     def backward(ctx, grad_output):
         if not ctx.saved_tensors:  # no image had weight
-            return (None,) * 9
+            return (None,) * 8
         gradients = ctx.saved_tensors
         if grad_output != 1:  # a loss's own backward passes 1: no full-size pass for it
             gradients = [grad_output * d for d in gradients]
-        return (*gradients, None, None, None, None, None)
+        return (*gradients, None, None, None, None)
 
 
 class _TotalVariationFunction(torch.autograd.Function):

@@ -181,7 +181,9 @@ class ForwardModel:
         self.cs_nm = microscope.cs_mm * 1e6
         self._fixed_coefficients: tuple = ()
         self._fixed_key: tuple = ()
-        self._series_misfit = fused.SeriesMisfit(self.qy, self.qx, self.wavelength_nm, self.cs_nm, self.pixel_size_nm)
+        self._series_misfit = fused.SeriesMisfit(
+            self.qy, self.qx, self.wavelength_nm, self.cs_nm, self.pixel_size_nm, self.measured
+        )
 
     def transfer(self, params: Parameters, defocus_nm: torch.Tensor) -> torch.Tensor:
         """T of every image. Its q-maps (:func:`physics.transfer_coefficients`) depend only on the
@@ -218,14 +220,13 @@ class ForwardModel:
 
         A float32 model on the CPU with fixed coherence takes the fast path
         (:class:`fused.SeriesMisfit`: misfit and analytic gradient in one pass over the series,
-        first order only, images of ``active`` 0 skipped). Refined coherence parameters, a float64
-        model, a GPU (where the fast path is untested) or a mask of measured pixels (a tile's
-        canvas, which the fast path's whole-field mean does not know) use autograd through
-        :meth:`__call__`.
+        first order only, images of ``active`` 0 skipped; with a tile's mask of measured pixels
+        too). Refined coherence parameters, a float64 model or a GPU (where the fast path is
+        untested) use autograd through :meth:`__call__`.
         """
         weight = (active / active.sum()).to(data.dtype)
         coherence = (params.beam_divergence, params.defocus_spread)
-        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu" or self.measured is not None
+        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
         if plain or any(leaf.requires_grad for leaf in coherence):
             return torch.sum(misfit_per_image(self(params, refine_shifts), data, self.measured) * weight)
         shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
