@@ -50,6 +50,8 @@ def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.Comple
         ({"reconstruction": {"refine": ["focus"]}}, "focus"),
         ({"unknown_key": 1}, "unknown_key"),
         ({"dask": {"scheduler": "mpi"}}, "mpi"),
+        ({"dask": {"scheduler": "slurm", "slurm": {"walltime": "1h"}}}, "walltime"),
+        ({"dask": {"slurm": {"queue": "short"}}}, "queue"),
     ],
 )
 def test_schema_refuses_bad_config_naming_the_key(tmp_path, config, key):

@@ -11,6 +11,11 @@ def reconstruct_size(wildcards, input) -> tuple[int, int]:
         return 1, 4000
 
 
+# With a Dask scheduler outside the job (worker jobs of its own, or a running cluster) the job
+# itself only schedules, reconciles and stitches: one core.
+REMOTE_DASK = config["dask"]["scheduler"] == "slurm" or config["dask"]["scheduler"].startswith("tcp://")
+
+
 rule reconstruct:
     input:
         store("aligned"),
@@ -22,7 +27,7 @@ rule reconstruct:
         # Finished tiles' records: outside the output, which Snakemake deletes when a job fails.
         records=lambda wildcards: str(WORK / "tiles" / wildcards.series),
     # One thread per tile, capped by --cores (Snakemake scales threads down to the cores given).
-    threads: lambda wildcards, input: reconstruct_size(wildcards, input)[0]
+    threads: lambda wildcards, input: 1 if REMOTE_DASK else reconstruct_size(wildcards, input)[0]
     log:
         str(LOGS / "reconstruct" / "{series}.log"),
     resources:
