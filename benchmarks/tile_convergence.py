@@ -1,19 +1,21 @@
 """Iterations and wall time a tile of a large demo-like series needs with ``iterations: auto``.
 
 The cost model (docs/cost-model.md) needs the time of one converged tile, not of a fixed number
-of iterations. What is measured, in one run on this machine:
+of iterations; two runs with fixed ``--iterations`` split a fit's time into its set-up and its
+cost per iteration. What is measured, in one run on this machine:
 
 * a simulated skyrmion-lattice series of ``--size`` px like the demo's s02_skyrmions (five images
   at -1.6 ... +1.6 mm, a lens calibration of 1.04 to be refined, 5 % noise) is written as an
   aligned Zarr store;
 * ``--tiles`` tiles from the field's centre are fitted by the tile task of :mod:`phasepipe.tiling`
-  with the shipped reconstruction settings (stop on convergence, at most 4000 iterations) on a
-  LocalCluster of ``--workers`` workers, one torch thread each;
+  with the shipped reconstruction settings (stop on convergence, at most 4000 iterations; or
+  exactly ``--iterations``) on a LocalCluster of ``--workers`` workers, one torch thread each;
 * per tile: the iterations to convergence, the wall time, and the time per iteration.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/tile_convergence.py --size 4096 --tiles 2 --workers 2
+    .venv/bin/python benchmarks/tile_convergence.py --size 1536 --tiles 1 --workers 1 --iterations 20
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512, help="tile_px")
     parser.add_argument("--tiles", type=int, default=2, help="tiles fitted (from the field's centre)")
     parser.add_argument("--workers", type=int, default=2, help="Dask workers (one torch thread each)")
+    parser.add_argument("--iterations", type=int, default=None, help="exactly this many (default: auto)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,10 +66,13 @@ def main() -> None:
         centre = np.array([args.size / 2, args.size / 2])
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))
         tiles = grid[: args.tiles]
-        settings = reconstruct.Settings()  # iterations: auto
+        if args.iterations is None:
+            settings, iterations = reconstruct.Settings(), f"auto (cap {reconstruct.Settings.max_iterations})"
+        else:
+            settings, iterations = reconstruct.Settings(max_iterations=args.iterations, converge=False), args.iterations
         print(
             f"{len(tiles)} tiles of {args.tile} px, halo {halo} px (canvas {args.tile + 4 * halo} px), "
-            f"iterations auto (cap {settings.max_iterations}), {args.workers} worker(s) x 1 torch thread",
+            f"{iterations} iterations, {args.workers} worker(s) x 1 torch thread",
             flush=True,
         )
         job = tiling.TileJob(
