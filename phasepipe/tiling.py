@@ -111,6 +111,7 @@ class SlurmSettings:
 
     @property
     def where(self) -> str:
+        """The partition, as error messages name it."""
         return f"partition {self.partition}" if self.partition else "the default partition"
 
 
@@ -755,14 +756,14 @@ def slurm_client(slurm: SlurmWorkers, jobs: int) -> Iterator:
     import dask
     from distributed import Client
 
+    settings = slurm.settings
     guess = {"run_tile": TILE_DURATION_GUESS, "run_overview": TILE_DURATION_GUESS}
     with (
         dask.config.set({"distributed.scheduler.default-task-durations": guess}),
         slurm_cluster(slurm) as cluster,
         Client(cluster) as client,
     ):
-        check_submission(cluster.job_script(), slurm.settings)
-        settings = slurm.settings
+        check_submission(cluster.job_script(), settings)
         log.info(
             "dask.scheduler slurm: up to %d worker job(s) %r in %s, %d core(s) and %d MB each, "
             "walltime %s, workers retire after %d +- %d s",
@@ -811,7 +812,7 @@ def queue_state(name: str) -> str:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"not available ({exc})"
-    return "; ".join(done.stdout.split("\n")[:5]).strip("; ") or "no such job"
+    return "; ".join(done.stdout.splitlines()[:5]) or "no such job"
 
 
 def _renew_departed(cluster) -> None:

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# `make test-cluster`: the demo campaign through a real SLURM, checked against a local run.
+# `make test-cluster`: the demo campaign through a real SLURM, checked against a local run, and a
+# tiled reconstruction whose Dask workers are SLURM jobs, checked against a LocalCluster's.
 #
 # Installs SLURM and MUNGE from Debian's packages where missing, starts a private single-node
 # cluster on localhost, runs the demo with `--workflow-profile workflow/profiles/slurm` and with
-# the local default profile, each in its own folder, and checks (tests/cluster/check.py) that every
-# job of the SLURM run went through SLURM and that both runs published the same release.
+# the local default profile, each in its own folder, then one series' tiles with
+# `dask.scheduler: slurm` and `local`, and checks (tests/cluster/check.py) that every job of the
+# SLURM run went through SLURM, that both runs published the same release, that the Dask workers
+# ran as SLURM jobs and that both tiled results are equal.
 #
 # The cluster is private: its config, MUNGE key and socket, ports, state and logs live in one
 # temporary folder, so a SLURM or MUNGE already on the machine is neither used nor changed. The
 # daemons it starts are stopped on exit, however the script ends. Without root (needed to install
 # the packages and to run slurmd) it skips with a message and exit status 0.
 #
-# Arguments are passed to both snakemake runs, e.g. a shorter reconstruction while developing:
-#   tests/cluster/run.sh --configfile /abs/path/fast.yaml   (fast.yaml: "reconstruction: {iterations: 40}")
+# Arguments are passed to both snakemake runs instead of the 60-iteration config, e.g.
+#   tests/cluster/run.sh --configfile /abs/path/full.yaml   (full.yaml: "reconstruction: {iterations: auto}")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
