@@ -824,8 +824,14 @@ def _renew_departed(cluster) -> None:
     """
     from tornado.ioloop import PeriodicCallback
 
+    seen: set[str] = set()  # workers once started: a planned one not yet started has not left
+
     def renew() -> None:
-        if set(cluster.worker_spec) - set(cluster.workers):
+        seen.update(cluster.workers)
+        departed = (set(cluster.worker_spec) - set(cluster.workers)) & seen
+        if departed:
+            log.info("dask.scheduler slurm: renewing %d worker job(s) that ended (lifetime or walltime)", len(departed))
+            seen.difference_update(departed)
             cluster.scale(jobs=len(cluster.worker_spec))
 
     callback = PeriodicCallback(renew, 5000)
