@@ -776,7 +776,9 @@ def slurm_client(slurm: SlurmWorkers, jobs: int) -> Iterator:
             settings.lifetime,
             settings.stagger_s,
         )
-        cluster.adapt(minimum_jobs=1, maximum_jobs=jobs)
+        # A worker idle for 30 s leaves (Dask's default is 3 s): its replacement would wait in
+        # the queue, and tiles come in bursts (the fits, then the stitching).
+        cluster.adapt(minimum_jobs=1, maximum_jobs=jobs, interval="2s", wait_count=15)
         _renew_departed(cluster)
         try:
             client.wait_for_workers(1, timeout=settings.start_timeout_s)
@@ -937,11 +939,17 @@ def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -
     futures = [client.submit(run_overview, job, factor, pure=False)]
     futures += client.map(run_tile, [job] * len(tiles), tiles, pure=False)
     names = {f.key: name for f, name in zip(futures, [OVERVIEW] + [t.name for t in tiles], strict=True)}
+    total = len(futures)
+    pending = as_completed(futures)
+    del futures  # held by `pending` alone, each until it is released below
     summaries: dict[str, dict] = {}
     start = time.perf_counter()
     computed = 0
-    for future in as_completed(futures):
+    for future in pending:
         summary = future.result()
+        # Fetched: let the scheduler forget it, or a worker that leaves (its lifetime over) would
+        # have it computed again for nothing.
+        future.release()
         name = names[future.key]
         summaries[name] = summary
         computed += not summary["reused"]
@@ -950,10 +958,10 @@ def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -
             "tile %s %s; %s",
             name,
             how,
-            format_progress(len(summaries), len(futures), computed, time.perf_counter() - start),
+            format_progress(len(summaries), total, computed, time.perf_counter() - start),
         )
         if progress is not None:
-            progress(len(summaries), len(futures))
+            progress(len(summaries), total)
     return summaries
 
 

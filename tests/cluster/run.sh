@@ -206,15 +206,15 @@ squeue --noheader --states=all --format '%i|%T|%k' > "$RUN/squeue.txt"
 # --- Dask on SLURM: one demo series' aligned store reconstructed in tiles of 64 px (16 tiles and
 # the binned field), once on a LocalCluster and once with dask.scheduler slurm, from this host as
 # from a login node. Two worker jobs of one core fill the node; their workers retire after
-# 20 +- 6 s (walltime 2 min), well within the run, so that fresh jobs must take over.
+# 15 +- 3 s (walltime 1 min), within the run, so that fresh jobs must take over.
 DASK_SERIES=s02_skyrmions
 ALIGNED=$RUN/local/results/work/aligned/$DASK_SERIES.zarr
-SETTINGS='{"refine": ["defocus"], "iterations": 10, "tile_px": 64, "halo_px": "auto", "tv_weight": "auto", "device": "cpu"}'
+SETTINGS='{"refine": ["defocus"], "iterations": 40, "tile_px": 64, "halo_px": "auto", "tv_weight": "auto", "device": "cpu"}'
 mkdir -p "$RUN/dask"
 for scheduler in local slurm; do
     case $scheduler in
         local) dask='{"scheduler": "local"}' threads=2 ;;
-        slurm) dask='{"scheduler": "slurm", "slurm": {"jobs": 2, "walltime": "00:02:00", "lifetime": "00:00:20",
+        slurm) dask='{"scheduler": "slurm", "slurm": {"jobs": 2, "walltime": "00:01:00", "lifetime": "00:00:15",
                    "start_timeout_s": 120}}' threads=1 ;;
     esac
     echo "test-cluster: $DASK_SERIES in tiles with dask.scheduler $scheduler (log: $RUN/dask/$scheduler.log)"
