@@ -736,7 +736,7 @@ def slurm_cluster(slurm: SlurmWorkers):
         job_extra_directives=list(settings.directives),
         # A worker retires before the walltime kills it: its running tile goes back to the
         # scheduler (only that tile's work is lost; finished tiles are on disk and their results
-        # move to other workers) and a fresh job takes its place (_renew_departed).
+        # already fetched) and a fresh job takes its place (_renew_departed).
         worker_extra_args=["--lifetime", f"{settings.lifetime}s", "--lifetime-stagger", f"{settings.stagger_s}s"],
         log_directory=str(slurm.log_dir) if slurm.log_dir else None,
         scheduler_options={"dashboard_address": ":0"},
