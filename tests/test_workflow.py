@@ -150,6 +150,11 @@ def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campai
     assert dry.returncode == 0, dry.stdout[-2000:]
     assert "aggregate" in dry.stdout and "release" in dry.stdout
     assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
+    # The Dask settings say where tiles run, not what they give: changing them redoes no reconstruction.
+    dask = {"scheduler": "slurm", "slurm": {"walltime": "04:00:00", "jobs": 64}}
+    dry = run_snakemake(tmp_path, {**config, "dask": dask}, "-n", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stdout[-2000:]
+    assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
     shutil.rmtree(tmp_path / "out" / "work")  # keep the tmp folder small
 
 
