@@ -27,7 +27,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +58,24 @@ ENVELOPE_FLOOR = 0.05
 TILE_BASE_MB = 600
 TILE_BYTES_PER_PX_IMAGE = 260
 CONNECT_TIMEOUT_S = 20  # waiting for an existing Dask scheduler (dask.scheduler: tcp://...)
+# A SLURM worker job's own memory beside its tile's fit: the Dask worker and its nanny.
+SLURM_WORKER_MB = 500
+# What the adaptive scaling assumes a tile takes before one has finished: Dask's default for an
+# unknown task (0.5 s) would have it start two worker jobs for a whole series' tiles.
+TILE_DURATION_GUESS = "10m"
+SCHEDULERS = "local, threads, slurm or tcp://host:port"
+SLURM_KEYS = (  # of the config's dask.slurm section (workflow/schemas/config.schema.yaml)
+    "partition",
+    "account",
+    "cores",
+    "memory_mb",
+    "walltime",
+    "lifetime",
+    "jobs",
+    "start_timeout_s",
+    "interface",
+    "directives",
+)
 
 
 class TilingError(ValueError):
@@ -63,30 +83,109 @@ class TilingError(ValueError):
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """The ``dask.slurm`` keys: the SLURM jobs that host the Dask workers of ``dask.scheduler: slurm``,
+    one worker per job, which fits one tile at a time on the job's cores."""
+
+    partition: str | None = None  # None = the cluster's default partition
+    account: str | None = None  # None = the user's default account
+    cores: int = 1
+    memory_mb: int | None = None  # None = auto: one tile's fit plus SLURM_WORKER_MB
+    walltime_s: int = 3600
+    lifetime_s: int | None = None  # None = auto (:meth:`lifetime`)
+    jobs: int = 16  # worker jobs at most, queued or running at once
+    start_timeout_s: int = 600
+    interface: str | None = None  # network interface the workers reach the scheduler on
+    directives: tuple[str, ...] = ()  # further sbatch options
+
+    @property
+    def stagger_s(self) -> int:
+        """Spread of the workers' lifetimes (+-), so that they do not all retire at once."""
+        return min(300, self.walltime_s // 20)
+
+    @property
+    def lifetime(self) -> int:
+        """Seconds after which a worker retires gracefully, its running tile going to another
+        worker: auto ends every worker at least one stagger before its job's walltime."""
+        return self.lifetime_s if self.lifetime_s is not None else self.walltime_s - 2 * self.stagger_s
+
+    @property
+    def where(self) -> str:
+        """The partition, as error messages name it."""
+        return f"partition {self.partition}" if self.partition else "the default partition"
+
+
+@dataclass(frozen=True)
 class TilingSettings:
-    """The tiling keys of the config (``reconstruction.tile_px``, ``halo_px``, ``dask.scheduler``)
-    and the job's resources."""
+    """The tiling keys of the config (``reconstruction.tile_px``, ``halo_px``, the ``dask``
+    section) and the job's resources."""
 
     tile_px: int = 512
     halo_px: int | None = None  # None = auto (Fresnel spread of the largest defocus)
-    scheduler: str = "local"  # local | threads | tcp://host:port
+    scheduler: str = "local"  # local | threads | slurm | tcp://host:port
     threads: int = 1
     memory_mb: int | None = None
+    slurm: SlurmSettings = SlurmSettings()
 
 
 def tiling_from_config(section: dict, dask_section: dict, threads: int, memory_mb: int | None) -> TilingSettings:
     """Resolve the config's tiling keys and the job's resources into :class:`TilingSettings`."""
     halo = section.get("halo_px", "auto")
     scheduler = dask_section.get("scheduler", "local")
-    if not (scheduler in ("local", "threads") or scheduler.startswith("tcp://")):
-        raise TilingError(f"dask.scheduler {scheduler!r}: expected local, threads or tcp://host:port")
+    if not (scheduler in ("local", "threads", "slurm") or scheduler.startswith("tcp://")):
+        raise TilingError(f"dask.scheduler {scheduler!r}: expected {SCHEDULERS}")
     return TilingSettings(
         tile_px=int(section.get("tile_px", TilingSettings.tile_px)),
         halo_px=None if halo == "auto" else int(halo),
         scheduler=scheduler,
         threads=max(1, threads),
         memory_mb=memory_mb,
+        slurm=slurm_from_config(dask_section.get("slurm") or {}),
     )
+
+
+def parse_walltime(value: str, key: str) -> int:
+    """Seconds of a SLURM time ``[D-]HH:MM:SS``; ``key`` names the setting in the error."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2}):(\d{2})", str(value))
+    if match is None:
+        raise TilingError(f"{key} {value!r}: expected a SLURM time [D-]HH:MM:SS, e.g. 01:00:00")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def slurm_from_config(section: dict) -> SlurmSettings:
+    """Resolve the ``dask.slurm`` section (missing keys take :class:`SlurmSettings`' defaults)
+    and check that the numbers make sense together."""
+    unknown = set(section) - set(SLURM_KEYS)
+    if unknown:
+        raise TilingError(f"dask.slurm: unknown key(s) {sorted(unknown)}; expected some of {', '.join(SLURM_KEYS)}")
+    defaults = SlurmSettings()
+    walltime = parse_walltime(section.get("walltime", "01:00:00"), "dask.slurm.walltime")
+    lifetime = section.get("lifetime", "auto")
+    memory = section.get("memory_mb", "auto")
+    settings = SlurmSettings(
+        partition=section.get("partition"),
+        account=section.get("account"),
+        cores=int(section.get("cores", defaults.cores)),
+        memory_mb=None if memory == "auto" else int(memory),
+        walltime_s=walltime,
+        lifetime_s=None if lifetime == "auto" else parse_walltime(lifetime, "dask.slurm.lifetime"),
+        jobs=int(section.get("jobs", defaults.jobs)),
+        start_timeout_s=int(section.get("start_timeout_s", defaults.start_timeout_s)),
+        interface=section.get("interface"),
+        directives=tuple(section.get("directives", ())),
+    )
+    for key in ("cores", "jobs", "start_timeout_s"):
+        if getattr(settings, key) < 1:
+            raise TilingError(f"dask.slurm.{key} {getattr(settings, key)}: must be at least 1")
+    if settings.memory_mb is not None and settings.memory_mb < 1:
+        raise TilingError(f"dask.slurm.memory_mb {settings.memory_mb}: must be at least 1 (or auto)")
+    if settings.lifetime <= 0 or settings.lifetime + settings.stagger_s >= walltime:
+        raise TilingError(
+            f"dask.slurm.lifetime of {settings.lifetime} s (+- {settings.stagger_s} s stagger) must end before "
+            f"dask.slurm.walltime ({walltime} s), so that workers retire before SLURM kills them"
+        )
+    return settings
 
 
 def auto_halo_px(microscope: reconstruct.Microscope, max_defocus_nm: float, pixel_size_nm: float) -> int:
@@ -561,10 +660,21 @@ def plan_workers(threads: int, memory_mb: int | None, n_tiles: int, per_tile_mb:
     return workers, max(1, threads // workers)
 
 
+@dataclass(frozen=True)
+class SlurmWorkers:
+    """The SLURM worker jobs of one tiled reconstruction (``dask.scheduler: slurm``)."""
+
+    settings: SlurmSettings
+    name: str  # job name, as squeue shows it
+    memory_mb: int  # per job
+    log_dir: Path | None = None  # the jobs' stdout and stderr (SLURM's working folder when None)
+
+
 @contextlib.contextmanager
-def dask_client(scheduler: str, workers: int) -> Iterator:
+def dask_client(scheduler: str, workers: int, slurm: SlurmWorkers | None = None) -> Iterator:
     """A ``distributed`` client for ``dask.scheduler``: a LocalCluster of worker processes
-    (local), threads in this process (threads), or an existing scheduler (tcp://host:port)."""
+    (local), threads in this process (threads), up to ``workers`` SLURM jobs of one worker each
+    (slurm, described by ``slurm``), or an existing scheduler (tcp://host:port)."""
     from distributed import Client, LocalCluster
 
     if scheduler.startswith("tcp://"):
@@ -577,6 +687,11 @@ def dask_client(scheduler: str, workers: int) -> Iterator:
         return
     # The cluster's own start-up and shutdown chatter is not the reconstruction's log.
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    if scheduler == "slurm":
+        slurm = slurm or SlurmWorkers(SlurmSettings(), "phasepipe-dask", TILE_BASE_MB + SLURM_WORKER_MB)
+        with slurm_client(slurm, workers) as client:
+            yield client
+        return
     processes = scheduler == "local"
     cluster = LocalCluster(
         n_workers=workers if processes else 1,
@@ -591,6 +706,139 @@ def dask_client(scheduler: str, workers: int) -> Iterator:
     )
     with cluster, Client(cluster) as client:
         yield client
+
+
+def slurm_cluster(slurm: SlurmWorkers):
+    """A dask-jobqueue ``SLURMCluster`` (its scheduler in this process) whose jobs each run one
+    Dask worker of one thread, a tile at a time with torch on the job's cores; no job is
+    submitted yet. Refused with a clear message where there is no ``sbatch``."""
+    if shutil.which("sbatch") is None:
+        raise TilingError(
+            "dask.scheduler slurm: sbatch is not on PATH; run on a SLURM login or compute node, "
+            "or choose dask.scheduler local"
+        )
+    from dask_jobqueue import SLURMCluster
+
+    settings = slurm.settings
+    return SLURMCluster(
+        cores=1,
+        processes=1,
+        # No Dask memory limit, which would pause or restart a worker whose tile runs over its
+        # estimate: the job's --mem, which SLURM enforces, is the one that holds.
+        memory="0",
+        job_cpu=settings.cores,
+        job_mem=f"{slurm.memory_mb}M",
+        queue=settings.partition,
+        account=settings.account,
+        walltime=format_walltime(settings.walltime_s),
+        job_name=slurm.name,
+        interface=settings.interface,
+        job_extra_directives=list(settings.directives),
+        # A worker retires before the walltime kills it: its running tile goes back to the
+        # scheduler (only that tile's work is lost; finished tiles are on disk and their results
+        # already fetched) and a fresh job takes its place (_renew_departed).
+        worker_extra_args=["--lifetime", f"{settings.lifetime}s", "--lifetime-stagger", f"{settings.stagger_s}s"],
+        log_directory=str(slurm.log_dir) if slurm.log_dir else None,
+        scheduler_options={"dashboard_address": ":0"},
+        silence_logs="warning",
+    )
+
+
+def format_walltime(seconds: int) -> str:
+    """``HH:MM:SS`` for sbatch --time (hours may exceed 24)."""
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@contextlib.contextmanager
+def slurm_client(slurm: SlurmWorkers, jobs: int) -> Iterator:
+    """A client of a :func:`slurm_cluster` that adapts between one and ``jobs`` worker jobs to
+    the tasks waiting, once SLURM has accepted the job script and started a first job."""
+    import dask
+    from distributed import Client
+
+    settings = slurm.settings
+    guess = {"run_tile": TILE_DURATION_GUESS, "run_overview": TILE_DURATION_GUESS}
+    with (
+        dask.config.set({"distributed.scheduler.default-task-durations": guess}),
+        slurm_cluster(slurm) as cluster,
+        Client(cluster) as client,
+    ):
+        check_submission(cluster.job_script(), settings)
+        log.info(
+            "dask.scheduler slurm: up to %d worker job(s) %r in %s, %d core(s) and %d MB each, "
+            "walltime %s, workers retire after %d +- %d s",
+            jobs,
+            slurm.name,
+            settings.where,
+            settings.cores,
+            slurm.memory_mb,
+            format_walltime(settings.walltime_s),
+            settings.lifetime,
+            settings.stagger_s,
+        )
+        # A worker idle for 30 s leaves (Dask's default is 3 s): its replacement would wait in
+        # the queue, and tiles come in bursts (the fits, then the stitching).
+        cluster.adapt(minimum_jobs=1, maximum_jobs=jobs, interval="2s", wait_count=15)
+        _renew_departed(cluster)
+        try:
+            client.wait_for_workers(1, timeout=settings.start_timeout_s)
+        except TimeoutError as exc:
+            raise TilingError(
+                f"dask.scheduler slurm: no worker job {slurm.name!r} started within "
+                f"{settings.start_timeout_s} s (dask.slurm.start_timeout_s) in {settings.where}; "
+                f"squeue: {queue_state(slurm.name)}"
+            ) from exc
+        yield client
+
+
+def check_submission(script: str, settings: SlurmSettings) -> None:
+    """Have SLURM check the worker job script without submitting it (``sbatch --test-only``):
+    a wrong partition, account or size is refused here rather than after the start timeout."""
+    done = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise TilingError(
+            f"dask.scheduler slurm: SLURM refuses the worker job in {settings.where}: "
+            f"{(done.stderr or done.stdout).strip()}"
+        )
+
+
+def queue_state(name: str) -> str:
+    """The jobs of that name as squeue sees them (id, state, reason), for an error message."""
+    try:
+        done = subprocess.run(
+            ["squeue", "--noheader", "--name", name, "--format", "%i %T %r"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"not available ({exc})"
+    return "; ".join(done.stdout.splitlines()[:5]) or "no such job"
+
+
+def _renew_departed(cluster) -> None:
+    """Resubmit the job of a worker that has left (its lifetime over, or killed), every 5 s.
+
+    Adaptive scaling keeps counting a departed worker as planned and so never replaces it
+    (dask-jobqueue issues 122 and 611); the cluster reopens every planned worker that is gone
+    whenever it is scaled, so scaling it to its own size resubmits exactly those.
+    """
+    from tornado.ioloop import PeriodicCallback
+
+    seen: set[str] = set()  # workers once started: a planned one not yet started has not left
+
+    def renew() -> None:
+        seen.update(cluster.workers)
+        departed = (set(cluster.worker_spec) - set(cluster.workers)) & seen
+        if departed:
+            log.info("dask.scheduler slurm: renewing %d worker job(s) that ended (lifetime or walltime)", len(departed))
+            seen.difference_update(departed)
+            cluster.scale(jobs=len(cluster.worker_spec))
+
+    callback = PeriodicCallback(renew, 5000)
+    cluster.periodic_callbacks["phasepipe-renew"] = callback  # stopped when the cluster closes
+    cluster.loop.add_callback(callback.start)
 
 
 def format_progress(done: int, total: int, computed: int, elapsed_s: float) -> str:
@@ -622,9 +870,12 @@ def reconstruct_tiled(
     halo = series_halo_px(ds, tiling.halo_px)
     tiles = tile_grid(shape, tiling.tile_px, halo)
     canvas_px = max(max(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in tiles) + 2 * halo
-    workers, torch_threads = plan_workers(
-        tiling.threads, tiling.memory_mb, len(tiles), tile_memory_mb(canvas_px, nominal.size)
-    )
+    tile_mb = tile_memory_mb(canvas_px, nominal.size)
+    if tiling.scheduler == "slurm":
+        # One worker per SLURM job, up to one job per fit (the tiles and the binned field).
+        workers, torch_threads = min(tiling.slurm.jobs, len(tiles) + 1), tiling.slurm.cores
+    else:
+        workers, torch_threads = plan_workers(tiling.threads, tiling.memory_mb, len(tiles), tile_mb)
     fingerprint = settings_fingerprint(settings, microscope, nominal, pixel, shape, tiling.tile_px, halo)
     records_root = Path(records_root)
     records = records_root / fingerprint
@@ -648,7 +899,13 @@ def reconstruct_tiled(
         str(store), str(records), tuple(map(float, nominal)), pixel, microscope, settings, halo, torch_threads
     )
     factor = math.ceil(max(shape) / tiling.tile_px)  # the binned whole field fits in one tile
-    with dask_client(tiling.scheduler, workers) as client:
+    slurm = SlurmWorkers(
+        tiling.slurm,
+        f"phasepipe-{ds.attrs['series']}",
+        tiling.slurm.memory_mb or tile_mb + SLURM_WORKER_MB,
+        records / "slurm-logs",  # kept with the records when the run fails, removed with them
+    )
+    with dask_client(tiling.scheduler, workers, slurm) as client:
         summaries = _run_tiles(client, job, tiles, factor, progress)
         overview = {name: np.asarray(values) for name, values in load_maps(records / OVERVIEW).items()}
         corrections, offsets = _reconciliation(tiles, records, shape, halo, overview, factor)
@@ -682,11 +939,17 @@ def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -
     futures = [client.submit(run_overview, job, factor, pure=False)]
     futures += client.map(run_tile, [job] * len(tiles), tiles, pure=False)
     names = {f.key: name for f, name in zip(futures, [OVERVIEW] + [t.name for t in tiles], strict=True)}
+    total = len(futures)
+    pending = as_completed(futures)
+    del futures  # held by `pending` alone, each until it is released below
     summaries: dict[str, dict] = {}
     start = time.perf_counter()
     computed = 0
-    for future in as_completed(futures):
+    for future in pending:
         summary = future.result()
+        # Fetched: let the scheduler forget it, or a worker that leaves (its lifetime over) would
+        # have it computed again for nothing.
+        future.release()
         name = names[future.key]
         summaries[name] = summary
         computed += not summary["reused"]
@@ -695,10 +958,10 @@ def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -
             "tile %s %s; %s",
             name,
             how,
-            format_progress(len(summaries), len(futures), computed, time.perf_counter() - start),
+            format_progress(len(summaries), total, computed, time.perf_counter() - start),
         )
         if progress is not None:
-            progress(len(summaries), len(futures))
+            progress(len(summaries), total)
     return summaries
 
 

@@ -107,6 +107,92 @@ def test_unreachable_scheduler_is_named(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("section", "lifetime_s", "stagger_s"),
+    [
+        ({}, 3240, 180),  # the defaults: walltime 1 h, workers retire at 51-57 min
+        ({"walltime": "00:10:00"}, 540, 30),
+        ({"walltime": "1-00:00:00"}, 85800, 300),  # the stagger is at most 5 min
+        ({"walltime": "02:00:00", "lifetime": "01:30:00"}, 5400, 300),
+    ],
+)
+def test_slurm_worker_lifetime_ends_before_the_walltime(section, lifetime_s, stagger_s):
+    """Workers retire (lifetime +- stagger) at least a stagger before their job's walltime."""
+    tiles = tiling.tiling_from_config({}, {"scheduler": "slurm", "slurm": section}, 1, None)
+    assert (tiles.scheduler, tiles.slurm.lifetime, tiles.slurm.stagger_s) == ("slurm", lifetime_s, stagger_s)
+    assert tiles.slurm.lifetime + tiles.slurm.stagger_s < tiles.slurm.walltime_s
+
+
+def test_slurm_settings_from_config():
+    slurm = tiling.tiling_from_config(
+        {"tile_px": 256},
+        {
+            "scheduler": "slurm",
+            "slurm": {"partition": "short", "account": "lab", "cores": 4, "memory_mb": 3000, "jobs": 8},
+        },
+        1,
+        None,
+    ).slurm
+    assert slurm == tiling.SlurmSettings(partition="short", account="lab", cores=4, memory_mb=3000, jobs=8)
+    assert tiling.slurm_from_config({"memory_mb": "auto", "lifetime": "auto"}) == tiling.SlurmSettings()
+    assert tiling.format_walltime(90061) == "25:01:01"
+
+
+@pytest.mark.parametrize(
+    ("dask", "message"),
+    [
+        ({"scheduler": "mpi"}, "expected local, threads, slurm or tcp://host:port"),
+        ({"scheduler": "slurm", "slurm": {"walltime": "1h"}}, r"dask\.slurm\.walltime '1h': expected a SLURM time"),
+        ({"scheduler": "slurm", "slurm": {"lifetime": "00:58:00"}}, r"dask\.slurm\.lifetime of 3480 s \(\+- 180 s"),
+        ({"scheduler": "slurm", "slurm": {"cores": 0}}, r"dask\.slurm\.cores 0: must be at least 1"),
+        ({"scheduler": "slurm", "slurm": {"jobs": 0}}, r"dask\.slurm\.jobs 0: must be at least 1"),
+        ({"scheduler": "slurm", "slurm": {"queue": "short"}}, r"dask\.slurm: unknown key\(s\) \['queue'\]"),
+    ],
+)
+def test_bad_dask_settings_are_refused_naming_the_key(dask, message):
+    with pytest.raises(tiling.TilingError, match=message):
+        tiling.tiling_from_config({}, dask, 1, None)
+
+
+def fake_slurm_command(folder: Path, name: str, script: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def test_slurm_without_sbatch_is_refused_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a folder without sbatch
+    with pytest.raises(tiling.TilingError, match="dask.scheduler slurm: sbatch is not on PATH"):
+        with tiling.dask_client("slurm", 2):
+            pass
+
+
+def test_slurm_worker_job_script(tmp_path, monkeypatch):
+    """One worker of one Dask thread per job, on the job's cores and memory, in the partition and
+    account given, retiring before the walltime; nothing is submitted to build it."""
+    fake_slurm_command(tmp_path, "sbatch", "exit 1")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    settings = tiling.slurm_from_config(
+        {"partition": "short", "account": "lab", "cores": 2, "walltime": "02:00:00", "directives": ["--qos=long"]}
+    )
+    with tiling.slurm_cluster(tiling.SlurmWorkers(settings, "phasepipe-s01", 1600)) as cluster:
+        script = cluster.job_script()
+    for line in ("-J phasepipe-s01", "-p short", "-A lab", "--cpus-per-task=2", "--mem=1600M", "-t 02:00:00"):
+        assert f"#SBATCH {line}\n" in script
+    assert "#SBATCH --qos=long" in script
+    assert "--nthreads 1 " in script
+    assert "--lifetime 6600s --lifetime-stagger 300s" in script
+
+
+def test_slurm_refusing_the_worker_job_is_named(tmp_path, monkeypatch):
+    """sbatch --test-only's refusal (here a partition that does not exist) comes back at once."""
+    fake_slurm_command(tmp_path, "sbatch", "echo 'sbatch: error: invalid partition specified: nope' >&2; exit 1")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    settings = tiling.SlurmSettings(partition="nope")
+    with pytest.raises(tiling.TilingError, match="refuses the worker job in partition nope: .*invalid partition"):
+        tiling.check_submission("#!/bin/sh\n", settings)
+
+
+@pytest.mark.parametrize(
     ("threads", "memory_mb", "n_tiles", "expected"),
     [
         (2, 8000, 16, (2, 1)),  # a worker per core

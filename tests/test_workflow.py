@@ -50,6 +50,8 @@ def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.Comple
         ({"reconstruction": {"refine": ["focus"]}}, "focus"),
         ({"unknown_key": 1}, "unknown_key"),
         ({"dask": {"scheduler": "mpi"}}, "mpi"),
+        ({"dask": {"scheduler": "slurm", "slurm": {"walltime": "1h"}}}, "walltime"),
+        ({"dask": {"slurm": {"queue": "short"}}}, "queue"),
     ],
 )
 def test_schema_refuses_bad_config_naming_the_key(tmp_path, config, key):
@@ -147,6 +149,11 @@ def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campai
     dry = run_snakemake(tmp_path, {**config, "aggregate": {"outlier_z": 5.0}}, "-n", "--quiet", "rules")
     assert dry.returncode == 0, dry.stdout[-2000:]
     assert "aggregate" in dry.stdout and "release" in dry.stdout
+    assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
+    # The Dask settings say where tiles run, not what they give: changing them redoes no reconstruction.
+    dask = {"scheduler": "slurm", "slurm": {"walltime": "04:00:00", "jobs": 64}}
+    dry = run_snakemake(tmp_path, {**config, "dask": dask}, "-n", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stdout[-2000:]
     assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
     shutil.rmtree(tmp_path / "out" / "work")  # keep the tmp folder small
 

@@ -7,7 +7,12 @@
    software, config and input checksums) and the same checksum for every output file, but for
    the reconstruction's wall time, which the series' store attributes and summary record.
 
-Usage: python tests/cluster/check.py RUN_FOLDER (with local/, slurm/ and squeue.txt in it).
+3. Dask on SLURM: the tiled reconstruction with ``dask.scheduler: slurm`` ran its Dask workers as
+   SLURM jobs of the series' name, all ended, more of them run than may run at once (workers
+   retired at their lifetime and fresh jobs took over); and it equals the same reconstruction on
+   a LocalCluster: the same maps and parameters, bit for bit (the tiles are deterministic).
+
+Usage: python tests/cluster/check.py RUN_FOLDER (with local/, slurm/, squeue.txt and dask/ in it).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import xarray as xr
 
 TIMED = "seconds"  # the one field that differs between two runs of the same release
+DASK_JOBS = 2  # dask.slurm.jobs of the Dask run (run.sh): worker jobs at once
 
 
 def fail(message: str) -> None:
@@ -90,6 +98,32 @@ def check_release(run: Path) -> tuple[str, int]:
     return rid, len(outputs[local])
 
 
+def check_dask(run: Path) -> str:
+    """The worker jobs of the Dask-on-SLURM run, and its result against the LocalCluster's."""
+    jobs = [line.split("|") for line in (run / "dask" / "squeue.txt").read_text().splitlines()]
+    if len(jobs) <= DASK_JOBS:
+        fail(f"dask.scheduler slurm: {len(jobs)} worker job(s) in SLURM, expected more than {DASK_JOBS} (renewals)")
+    unfinished = [f"{jobid} {state}" for jobid, _, state, _ in jobs if state not in ("COMPLETED", "CANCELLED")]
+    if unfinished:
+        fail(f"dask.scheduler slurm: worker jobs not ended cleanly: {unfinished}")
+    # More jobs ran than may run at once: workers left mid-run (retired at their lifetime; SLURM
+    # records such a job COMPLETED or, when the cluster cancels it first, CANCELLED) and fresh
+    # jobs took over.
+    ran = [jobid for jobid, _, _, used in jobs if used not in ("0:00", "")]
+    if len(ran) <= DASK_JOBS:
+        fail(f"dask.scheduler slurm: only {len(ran)} worker job(s) ran, expected more than {DASK_JOBS}")
+    local, slurm = (xr.open_zarr(run / "dask" / f"{name}.zarr", consolidated=False) for name in ("local", "slurm"))
+    if local.attrs.get("tiles", 1) < 2:
+        fail("the Dask run's series was not tiled")
+    for name in local.data_vars:
+        if not np.array_equal(local[name].values, slurm[name].values, equal_nan=True):
+            fail(f"dask.scheduler slurm: {name} differs from the LocalCluster's")
+    return (
+        f"{len(jobs)} Dask worker jobs {jobs[0][1]} in SLURM ({len(ran)} ran, at most {DASK_JOBS} at once), "
+        f"{local.attrs['tiles']} tiles equal to the LocalCluster's ({len(local.data_vars)} variables)"
+    )
+
+
 def main(run: Path) -> None:
     jobs = slurm_jobs(run)
     sheet = run / "local" / "results" / "work" / "demo" / "series.tsv"
@@ -101,6 +135,7 @@ def main(run: Path) -> None:
         f"for {len(series)} series; release {rid} of the SLURM run equals the local run's "
         f"({n_files} files, equal but for the reconstruction's wall time)"
     )
+    print(f"test-cluster: {check_dask(run)}")
 
 
 if __name__ == "__main__":

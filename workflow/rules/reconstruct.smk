@@ -11,6 +11,15 @@ def reconstruct_size(wildcards, input) -> tuple[int, int]:
         return 1, 4000
 
 
+# With a Dask scheduler outside the job (worker jobs of its own, or a running cluster) the job
+# itself only schedules, reconciles and stitches: one core.
+REMOTE_DASK = config["dask"]["scheduler"] == "slurm" or config["dask"]["scheduler"].startswith("tcp://")
+# The dask section says where the tiles run, not what they give: a global of the shell command
+# (whose template, not its values, is what Snakemake compares) rather than a parameter, so that
+# changing it, a walltime say, re-runs no reconstruction.
+DASK = as_json(config["dask"])
+
+
 rule reconstruct:
     input:
         store("aligned"),
@@ -18,11 +27,10 @@ rule reconstruct:
         directory(store("reconstructed")),
     params:
         settings=as_json(config["reconstruction"]),
-        dask=as_json(config["dask"]),
         # Finished tiles' records: outside the output, which Snakemake deletes when a job fails.
         records=lambda wildcards: str(WORK / "tiles" / wildcards.series),
     # One thread per tile, capped by --cores (Snakemake scales threads down to the cores given).
-    threads: lambda wildcards, input: reconstruct_size(wildcards, input)[0]
+    threads: lambda wildcards, input: 1 if REMOTE_DASK else reconstruct_size(wildcards, input)[0]
     log:
         str(LOGS / "reconstruct" / "{series}.log"),
     resources:
@@ -34,5 +42,5 @@ rule reconstruct:
         cpus_per_task=lambda wildcards, threads: threads,
         gpu=GPUS,
     shell:
-        "phasepipe reconstruct --in {input} --out {output} --settings {params.settings:q} --dask {params.dask:q}"
+        "phasepipe reconstruct --in {input} --out {output} --settings {params.settings:q} --dask {DASK:q}"
         " --records {params.records:q} --threads {threads} --mem-mb {resources.mem_mb} > {log} 2>&1"
