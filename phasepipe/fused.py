@@ -45,6 +45,9 @@ from phasepipe import physics
 log = logging.getLogger(__name__)
 
 
+RECOMPILE_LIMIT = 64  # image sizes compiled per kernel and process
+
+
 class _Kernel:
     """``fn`` compiled by torch inductor on its first call, or ``fn`` itself if compilation fails."""
 
@@ -54,7 +57,11 @@ class _Kernel:
 
     def __call__(self, *args):
         if self.run is None:
-            # One compilation per image size: static shapes vectorise better than dynamic ones.
+            # One compilation per image size: static shapes vectorise better than dynamic ones. A
+            # worker fitting tiles of several sizes (edge tiles, their coarse fits) needs more than
+            # dynamo's default of 8, past which it would quietly run the kernel eagerly: slower,
+            # and rounded otherwise, so that a tile's bytes would depend on which worker fitted it.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             compiled = torch.compile(self.fn, dynamic=False)
             try:
                 result = compiled(*args)
