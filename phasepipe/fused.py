@@ -56,12 +56,15 @@ class _Kernel:
         self.run: Callable | None = None
 
     def __call__(self, *args):
+        # One compilation per image size: a worker fitting tiles of several sizes (edge tiles,
+        # their coarse fits) needs more than dynamo's default of 8, past which it would quietly
+        # run the kernel eagerly: slower, and rounded otherwise, so that a tile's bytes would
+        # depend on which worker fitted it. The setting is per thread (a Dask worker's tasks run
+        # on threads of their own), hence here, on every call.
+        if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
+            torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
         if self.run is None:
-            # One compilation per image size: static shapes vectorise better than dynamic ones. A
-            # worker fitting tiles of several sizes (edge tiles, their coarse fits) needs more than
-            # dynamo's default of 8, past which it would quietly run the kernel eagerly: slower,
-            # and rounded otherwise, so that a tile's bytes would depend on which worker fitted it.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            # Static shapes vectorise better than dynamic ones.
             compiled = torch.compile(self.fn, dynamic=False)
             try:
                 result = compiled(*args)
