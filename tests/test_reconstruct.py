@@ -288,24 +288,31 @@ def test_resampled_parameters_keep_the_maps_and_the_microscope():
     assert float(fine.shifts.abs().max()) == 0.0
 
 
+def aligned_reconstruction(series: str, drift_px: float, settings: reconstruct.Settings):
+    """A demo series simulated with ``drift_px``, aligned and reconstructed as the pipeline does:
+    (truth, registration, reconstruction)."""
+    spec = next(s for s in simulate.demo_campaign() if s.series == series)
+    images, truth = simulate.simulate_series(dataclasses.replace(spec, drift_px=drift_px))
+    registration = align.series_registration(images, np.array(spec.defocus_nominal_nm))
+    result = reconstruct.reconstruct(
+        align.apply_registration(images, registration),
+        spec.defocus_nominal_nm,
+        spec.pixel_size_nm,
+        reconstruct.Microscope(),
+        settings,
+    )
+    return truth, registration, result
+
+
 @pytest.mark.integration
 def test_stripe_island_without_drift_as_accurate_as_with():
     """The demo's stripe island, aligned and reconstructed as the demo does (refine: defocus),
     without drift and with 3 px of drift per image: within 0.005 acc of each other. Its fit is
     sensitive to the few tenths of a px the registration gets wrong; fitted at full resolution
     only, the drift-free series lands in a worse minimum (acc 0.90)."""
-    spec = next(s for s in simulate.demo_campaign() if s.series == "s03_stripes")
     acc = {}
     for drift in (0.0, 3.0):
-        images, truth = simulate.simulate_series(dataclasses.replace(spec, drift_px=drift))
-        registration = align.series_registration(images, np.array(spec.defocus_nominal_nm))
-        result = reconstruct.reconstruct(
-            align.apply_registration(images, registration),
-            spec.defocus_nominal_nm,
-            spec.pixel_size_nm,
-            reconstruct.Microscope(),
-            reconstruct.Settings(),
-        )
+        truth, _, result = aligned_reconstruction("s03_stripes", drift, reconstruct.Settings())
         acc[drift] = metrics.phase_accuracy(result.phase, truth["phase"].values)
     assert acc[3.0] > 0.99
     assert abs(acc[0.0] - acc[3.0]) < 0.005
@@ -318,21 +325,15 @@ def test_recovered_drift_of_a_skyrmion_island():
     of the residual drift, place the defocused images within 0.02 px RMS of each other's true
     drift, and the in-focus image, whose drift the data identify weakly (docs/physics.md,
     Alignment), within 0.1 px of them; better than the alignment alone (0.135 px RMS)."""
-    spec = next(s for s in simulate.demo_campaign() if s.series == "s02_skyrmions")
-    images, truth = simulate.simulate_series(dataclasses.replace(spec, drift_px=3.0))
-    true_shifts = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
-    registration = align.series_registration(images, np.array(spec.defocus_nominal_nm))
-    result = reconstruct.reconstruct(
-        align.apply_registration(images, registration),
-        spec.defocus_nominal_nm,
-        spec.pixel_size_nm,
-        reconstruct.Microscope(),
-        reconstruct.Settings(refine=("defocus", "shifts")),
+    truth, registration, result = aligned_reconstruction(
+        "s02_skyrmions", 3.0, reconstruct.Settings(refine=("defocus", "shifts"))
     )
-    recovered = reconstruct.total_drift(registration.shift_px, result, spec.defocus_nominal_nm)
+    true_shifts = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
+    nominal = truth["defocus_nominal_nm"].values
+    recovered = reconstruct.total_drift(registration.shift_px, result, nominal)
     rms = lambda s: float(np.sqrt(np.mean(np.sum(s**2, axis=1))))  # noqa: E731
     error = recovered - true_shifts  # the in-focus image (reference) has error 0 by definition
-    defocused = np.abs(np.asarray(spec.defocus_nominal_nm)) > 0
+    defocused = np.abs(nominal) > 0
     offset = error[defocused].mean(axis=0)  # of the defocused images against the in-focus one
     assert rms(error[defocused] - offset) < 0.02
     assert np.hypot(*offset) < 0.1
