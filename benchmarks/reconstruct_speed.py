@@ -17,9 +17,11 @@ workflow runs a reconstruction job per core):
   size and threads.
 
 After warm-up iterations (the first compiles the kernels for the image size), each side is timed
-``--repeat`` times alternately and the medians compared, in wall time and in this thread's CPU
-time (which leaves out other processes' turns on a shared machine; with more than one torch
-thread it leaves out the other threads' work).
+``--repeat`` times alternately (the FFTs ``--iterations`` times over, so that both sides of a
+pair take about as long), in wall time and in this thread's CPU time (which leaves out other
+processes' turns on a shared machine; with more than one torch thread it leaves out the other
+threads' work). The ratio printed is the median of the pairs' ratios: the machine's speed drifts
+between pairs more than within one.
 
 Measured on the shared 2-core machine, one thread, other agents' jobs running (load 3-7), two
 runs of the script before (main at the branch point) and after (three kernels per image on int64
@@ -101,15 +103,17 @@ def iteration_time(model, params, data, iterations: int) -> np.ndarray:
     return (clocks() - t0) / iterations
 
 
-def fft_time(size: int, count: int, device: str = "cpu") -> np.ndarray:
-    """Seconds for ``count`` complex64 FFTs of one image, half forward and half inverse (wall, CPU)."""
+def fft_time(size: int, count: int, repeat: int, device: str = "cpu") -> np.ndarray:
+    """Seconds for ``count`` complex64 FFTs of one image, half forward and half inverse (wall,
+    CPU): the mean over ``repeat`` times ``count`` of them, so that they are timed over as long
+    as the iterations they are compared with."""
     field = torch.randn(size, size, dtype=torch.complex64, device=device)
     synchronize(device)
     t0 = clocks()
-    for k in range(count):
+    for k in range(count * repeat):
         (torch.fft.ifft2 if k % 2 else torch.fft.fft2)(field)
     synchronize(device)
-    return clocks() - t0
+    return (clocks() - t0) / repeat
 
 
 def main() -> None:
@@ -117,7 +121,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--images", type=int, nargs="+", default=[3, 5], choices=sorted(DEFOCUS))
     parser.add_argument("--iterations", type=int, default=10, help="iterations per timing")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7, help="pairs of timings (iterations, FFTs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
@@ -130,14 +134,17 @@ def main() -> None:
         for n_images in args.images:
             model, params, data = problem(size, n_images, args.device)
             iteration_time(model, params, data, 3)  # warm-up
-            fft_time(size, 4, args.device)
+            fft_time(size, 4, 1, args.device)
             per_it, ffts = [], []
             for _ in range(args.repeat):
                 per_it.append(iteration_time(model, params, data, args.iterations))
-                ffts.append(fft_time(size, 2 * n_images + 2, args.device))
+                ffts.append(fft_time(size, 2 * n_images + 2, args.iterations, args.device))
             it, ff = np.median(per_it, axis=0), np.median(ffts, axis=0)
+            # The ratio of each pair of neighbouring timings, then their median: a shared machine's
+            # speed drifts between pairs more than within one.
+            ratio = np.median(np.array(per_it) / np.array(ffts), axis=0)
             times = f"{1e3 * it[0]:8.1f} ({1e3 * it[1]:8.1f})  {1e3 * ff[0]:8.1f} ({1e3 * ff[1]:8.1f})"
-            print(f"{size:5d}  {n_images}  {times}  {it[0] / ff[0]:6.2f} ({it[1] / ff[1]:.2f})", flush=True)
+            print(f"{size:5d}  {n_images}  {times}  {ratio[0]:6.2f} ({ratio[1]:.2f})", flush=True)
 
 
 if __name__ == "__main__":

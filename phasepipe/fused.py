@@ -147,13 +147,15 @@ def _residual(image, data, measured, count, weight):
     return misfit
 
 
-def _adjoint(grad, psi, t_re, t_im, e1, e2, p1, along_y, along_x, defocus_nm, h_sum):
+def _adjoint(grad, psi, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
     """h = conj(T R) G added to ``h_sum``; the gradients of the image's defocus and shift (y, x).
     G = dL/dS, Psi and h_sum are complex maps as int64 words.
 
     dL/d theta = Re sum conj(G) S d log(T R)/d theta, S = Psi T R:
     d log T/d df = e1 + 2 e2 df + i p1 (:func:`physics.transfer_log_derivative`), and
     d log R/d shift = i times the shift angle of a unit shift (``along_y``, ``along_x``).
+    p1 = p1_y + p1_x and the unit shift angles are given as a column (y, 1) and a row (1, x):
+    full maps would be read from memory for each image.
     """
     g_re, g_im = _split(grad)
     h_re, h_im = _split(h_sum)
@@ -163,7 +165,7 @@ def _adjoint(grad, psi, t_re, t_im, e1, e2, p1, along_y, along_x, defocus_nm, h_
     s_im = p_re * t_im + p_im * t_re
     c_re = (g_re * s_re + g_im * s_im).double()
     c_im = (g_re * s_im - g_im * s_re).double()
-    d_defocus = (c_re * (e1 + 2 * defocus_nm * e2) - c_im * p1).sum()
+    d_defocus = (c_re * (e1 + 2 * defocus_nm * e2) - c_im * (p1_y + p1_x)).sum()
     return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()])
 
 
@@ -213,20 +215,29 @@ class _Maps:
         along_x = physics.shift_angle(qy, qx, unit[1], pixel_size_nm)
         # T R's fixed parts (_spectrum): A = exp(e0 + i p0), real and imaginary, e1 and e2.
         self.transfer = tuple(x.float() for x in (amplitude * torch.cos(p0), amplitude * torch.sin(p0), e1, e2))
-        # d log(T R)/d theta: e1 and e2 (defocus, real part), p1 (defocus, imaginary), unit shifts.
-        self.derivatives = (*self.transfer[2:], p1.float(), along_y.float(), along_x.float())
         # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
         # in the first row and column, which hold them.
         self.vectors = (p1[:, 0], p1[0], along_y[:, 0], along_x[0])
+        # d log(T R)/d theta: e1 and e2 (defocus, real part), p1 (defocus, imaginary) as a column
+        # plus a row, unit shifts (a column and a row).
+        p1_y, p1_x, along_y, along_x = (v.float() for v in self.vectors)
+        self.derivatives = (*self.transfer[2:], p1_y[:, None], p1_x[None], along_y[:, None], along_x[None])
 
     def ramps(self, defocus_nm: torch.Tensor, shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_y (N, 2, y) and u_x (N, 2, x), real and imaginary parts: exp(i (df p1 + shift angle))
         = u_y u_x, per image."""
-        p1_y, p1_x, along_y, along_x = self.vectors
-        defocus, shifts = defocus_nm.double()[:, None], shifts_px.double()
-        angle_y = defocus * p1_y + shifts[:, :1] * along_y
-        angle_x = defocus * p1_x + shifts[:, 1:] * along_x
-        return tuple(torch.stack([a.cos(), a.sin()], 1).float() for a in (angle_y, angle_x))
+        return _RAMPS(defocus_nm.double(), shifts_px.double(), *self.vectors)
+
+
+def _ramps(defocus_nm, shifts_px, p1_y, p1_x, along_y, along_x):
+    """:meth:`_Maps.ramps` in one compiled call (a dozen small operations otherwise)."""
+    defocus = defocus_nm[:, None]
+    angle_y = defocus * p1_y + shifts_px[:, :1] * along_y
+    angle_x = defocus * p1_x + shifts_px[:, 1:] * along_x
+    return tuple(torch.stack([a.cos(), a.sin()], 1).float() for a in (angle_y, angle_x))
+
+
+_RAMPS = _Kernel(_ramps)
 
 
 class _Workspace:
