@@ -19,7 +19,9 @@ together, in the 2N + 2 FFTs they need, with three compiled kernels per image be
   df and d log R/d shift independent of the shift: q-maps made once.
 
 Each image is done start to end, forward and backward, before the next, while its buffers are in
-cache; images of weight 0 (not yet admitted by the defocus continuation) are skipped.
+cache; images of weight 0 (not yet admitted by the defocus continuation) are skipped. The total
+variation penalty's value and gradient are made in the pass that turns dL/dpsi into the phase's
+gradient: the loss of a fit comes out whole, with no further pass or autograd node.
 
 Kernels are compiled by torch inductor on first use for each image size (eager where compilation
 is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 
 RECOMPILE_LIMIT = 64  # image sizes compiled per kernel and process
+TV_EPS = 1e-3  # smoothing of the total variation's norm, rad per px
 
 
 class _Kernel:
@@ -163,16 +166,20 @@ def _adjoint(grad, psi, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, defocu
     p_re, p_im = _split(psi)
     s_re = p_re * t_re - p_im * t_im
     s_im = p_re * t_im + p_im * t_re
-    c_re = (g_re * s_re + g_im * s_im).double()
-    c_im = (g_re * s_im - g_im * s_re).double()
+    # float32 sums (a fifth faster than float64 here): a gradient needs no more than float32's
+    # relative precision; the misfit's sums (_residual) do.
+    c_re = g_re * s_re + g_im * s_im
+    c_im = g_re * s_im - g_im * s_re
     d_defocus = (c_re * (e1 + 2 * defocus_nm * e2) - c_im * (p1_y + p1_x)).sum()
-    return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()])
+    return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()]).double()
 
 
-def _object_gradient(grad_wave, psi_re, psi_im):
-    """dL/dphi = Re(conj(g) i psi) and dL/d(log a) = Re(conj(g) psi) for g = dL/dpsi (int64 words)."""
+def _object_gradient(grad_wave, psi_re, psi_im, phase, tv_weight, eps: float):
+    """dL/dphi = Re(conj(g) i psi) + tv_weight dTV/dphi and dL/d(log a) = Re(conj(g) psi) for
+    g = dL/dpsi (int64 words); TV(phase), in the same pass over the maps."""
     g_re, g_im = _split(grad_wave)
-    return g_im * psi_re - g_re * psi_im, g_re * psi_re + g_im * psi_im
+    tv, tv_gradient = _total_variation(phase, eps)
+    return g_im * psi_re - g_re * psi_im + tv_weight * tv_gradient, g_re * psi_re + g_im * psi_im, tv
 
 
 def _previous(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -291,16 +298,20 @@ class SeriesMisfit:
         weight: torch.Tensor,
         beam_divergence_rad: torch.Tensor,
         defocus_spread_nm: torch.Tensor,
-    ) -> torch.Tensor:
-        """sum_k weight_k mean_M((I_k / mean_M(I_k) - data_k)^2), I_k = |F^-1[F[psi] T_k R_k]|^2,
+        tv_weight: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss misfit + tv_weight :func:`total_variation` (phase), and the misfit
+        sum_k weight_k mean_M((I_k / mean_M(I_k) - data_k)^2), I_k = |F^-1[F[psi] T_k R_k]|^2,
         means over the measured pixels M.
 
         ``phase`` and ``log_amplitude`` (y, x) give psi = exp(log_amplitude + i phase);
         ``defocus_nm`` (N,) and ``shifts_px`` (N, 2) every image's defocus and drift (y, x);
         ``data`` (N, y, x) the mean-normalised images, ``weight`` (N,) their weights (summing to
         1; images of weight 0 are skipped); the coherence parameters are not differentiated.
-        Returns a 0-d float32 tensor whose gradient flows to phase, log_amplitude, defocus_nm and
-        shifts_px.
+        Returns two 0-d float32 tensors: the loss, whose gradient flows to phase, log_amplitude,
+        defocus_nm and shifts_px, and the misfit, which has none. The total variation's value and
+        gradient come from the pass that makes the phase's gradient: no pass, kernel or autograd
+        node of their own.
         """
         key = (tuple(data.shape[1:]), data.device)
         if self._workspace is None or self._workspace.key != key:
@@ -310,17 +321,20 @@ class SeriesMisfit:
         if ws.maps_key != coherence:  # fixed unless the coherence changes
             ws.maps = _Maps(self.qy, self.qx, self.wavelength_nm, self.cs_nm, coherence, self.pixel_size_nm)
             ws.maps_key = coherence
-        return _SeriesMisfitFunction.apply(phase, log_amplitude, defocus_nm, shifts_px, data, weight, self, ws)
+        return _SeriesMisfitFunction.apply(
+            phase, log_amplitude, defocus_nm, shifts_px, data, weight, tv_weight, self, ws
+        )
 
-    def forward(self, ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, ws: _Workspace):
-        """Misfit, and with ``ctx.needs_input_grad`` the gradients, which it saves in ``ctx``.
+    def forward(self, ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, tv_weight, ws: _Workspace):
+        """Loss and misfit, and with ``ctx.needs_input_grad`` the gradients, which it saves in ``ctx``.
 
         Each image is done start to end (S, W, residual, gradient) while its buffers are in
         cache.
         """
         maps = ws.maps
         # FFTs into fresh tensors (module doc); kernels write W's gradient over W.
-        _WAVE(phase.detach(), log_amplitude.detach(), ws.psi_re, ws.psi_im, ws.psi)
+        phase = phase.detach()
+        _WAVE(phase, log_amplitude.detach(), ws.psi_re, ws.psi_im, ws.psi)
         spectrum = torch.fft.fft2(ws.psi.view(torch.complex64)).view(torch.int64)
         defocus = defocus_nm.detach().float()
         ramp_y, ramp_x = maps.ramps(defocus_nm.detach(), shifts_px.detach())
@@ -336,31 +350,38 @@ class SeriesMisfit:
                 continue
             grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
             gradients[k] = _ADJOINT(grad, spectrum, ws.t_re, ws.t_im, *maps.derivatives, defocus[k], ws.h_sum)
-        if needs_grad and images:
-            # The adjoint of fft2 is the unnormalised inverse transform.
+        if needs_grad:
+            # The adjoint of fft2 is the unnormalised inverse transform; without images, dL/dPsi = 0.
             h_psi = torch.fft.ifft2(ws.h_sum.view(torch.complex64), norm="forward").view(torch.int64)
-            d_phase, d_log_amplitude = _OBJECT_GRADIENT(h_psi, ws.psi_re, ws.psi_im)
+            # The weight as a tensor: a float would be compiled in as a constant, once per value.
+            weight_tv = torch.as_tensor(tv_weight, dtype=phase.dtype, device=phase.device)
+            d_phase, d_log_amplitude, tv = _OBJECT_GRADIENT(h_psi, ws.psi_re, ws.psi_im, phase, weight_tv, TV_EPS)
             d_defocus = gradients[:, 0].to(defocus_nm.dtype)
             d_shift = gradients[:, 1:].to(shifts_px.dtype)
             ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
-        return torch.stack(misfits).sum().float() if misfits else torch.zeros((), device=data.device)
+        else:
+            tv = _TOTAL_VARIATION(phase, TV_EPS)[0]
+        misfit = torch.stack(misfits).sum().float() if misfits else torch.zeros((), device=data.device)
+        return misfit + tv_weight * tv, misfit
 
 
 class _SeriesMisfitFunction(torch.autograd.Function):
-    """Misfit and gradient in one forward pass; the backward only scales the stored gradient."""
+    """Loss, misfit and gradient in one forward pass; the backward only scales the stored gradient."""
 
     @staticmethod
-    def forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, series, workspace):
-        return series.forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, workspace)
+    def forward(ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, tv_weight, series, workspace):
+        loss, misfit = series.forward(
+            ctx, phase, log_amplitude, defocus_nm, shifts_px, data, weight, tv_weight, workspace
+        )
+        ctx.mark_non_differentiable(misfit)
+        return loss, misfit
 
     @staticmethod
-    def backward(ctx, grad_output):
-        if not ctx.saved_tensors:  # no image had weight
-            return (None,) * 8
+    def backward(ctx, grad_loss, grad_misfit):
         gradients = ctx.saved_tensors
-        if grad_output != 1:  # a loss's own backward passes 1: no full-size pass for it
-            gradients = [grad_output * d for d in gradients]
-        return (*gradients, None, None, None, None)
+        if grad_loss != 1:  # a loss's own backward passes 1: no full-size pass for it
+            gradients = [grad_loss * d for d in gradients]
+        return (*gradients, None, None, None, None, None)
 
 
 class _TotalVariationFunction(torch.autograd.Function):
@@ -376,7 +397,7 @@ class _TotalVariationFunction(torch.autograd.Function):
         return gradient if grad_output == 1 else grad_output * gradient, None
 
 
-def total_variation(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def total_variation(phase: torch.Tensor, eps: float = TV_EPS) -> torch.Tensor:
     """Isotropic, slightly smoothed, periodic total variation (mean over pixels), with an analytic
     first-order gradient: mean(sqrt(dy^2 + dx^2 + eps^2)), dy and dx backward differences."""
     return _TotalVariationFunction.apply(phase, eps)

@@ -214,21 +214,25 @@ class ForwardModel:
             return intensity / intensity.mean(dim=(1, 2), keepdim=True)
         return intensity / (torch.sum(intensity * self.measured, dim=(1, 2), keepdim=True) / self.measured.sum())
 
-    def misfit(self, params: Parameters, data: torch.Tensor, active: torch.Tensor, refine_shifts: bool) -> torch.Tensor:
-        """Mean over the ``active`` images (N, 0 or 1) of the mean squared difference between the
-        predicted images and ``data``.
+    def objective(
+        self, params: Parameters, data: torch.Tensor, active: torch.Tensor, refine_shifts: bool, tv_weight: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss misfit + tv_weight TV(phase) and the misfit: the mean over the ``active``
+        images (N, 0 or 1) of the mean squared difference between the predicted images and
+        ``data``. Only the loss carries a gradient.
 
         A float32 model on the CPU with fixed coherence takes the fast path
-        (:class:`fused.SeriesMisfit`: misfit and analytic gradient in one pass over the series,
-        first order only, images of ``active`` 0 skipped; with a tile's mask of measured pixels
-        too). Refined coherence parameters, a float64 model or a GPU (where the fast path is
-        untested) use autograd through :meth:`__call__`.
+        (:class:`fused.SeriesMisfit`: loss, misfit and analytic gradient in one pass over the
+        series, first order only, images of ``active`` 0 skipped; with a tile's mask of measured
+        pixels too). Refined coherence parameters, a float64 model or a GPU (where the fast path
+        is untested) use autograd through :meth:`__call__`.
         """
         weight = (active / active.sum()).to(data.dtype)
         coherence = (params.beam_divergence, params.defocus_spread)
         plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
         if plain or any(leaf.requires_grad for leaf in coherence):
-            return torch.sum(misfit_per_image(self(params, refine_shifts), data, self.measured) * weight)
+            misfit = torch.sum(misfit_per_image(self(params, refine_shifts), data, self.measured) * weight)
+            return misfit + tv_weight * total_variation(params.phase), misfit.detach()
         shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
         return self._series_misfit(
             params.phase,
@@ -239,6 +243,7 @@ class ForwardModel:
             weight,
             params.beam_divergence_rad(),
             params.defocus_spread_nm(),
+            tv_weight,
         )
 
 
@@ -293,13 +298,14 @@ def fit(
     tv_weight: float,
     progress=None,
 ) -> FitResult:
-    """Fit ``params`` to ``data`` (N, y, x mean-normalised) with one Adam per parameter group."""
+    """Fit ``params`` to ``data`` (N, y, x mean-normalised) by Adam, a parameter group for each of
+    phase, log amplitude and the refined microscope parameters, with its own rate and start."""
     included = continuation_schedule(params.defocus_start_nm.cpu().numpy(), settings.continuation_step)
     refined = [group for name in settings.refine for group in GROUPS[name]]
     groups = ["phase", "log_amplitude", *refined]
-    optimisers = {
-        name: torch.optim.Adam([getattr(params, name)], lr=settings.options[name].lr, fused=True) for name in groups
-    }
+    optimiser = torch.optim.Adam(
+        [{"params": [getattr(params, name)], "lr": settings.options[name].lr} for name in groups], fused=True
+    )
     for name in REFINABLE:
         for group in GROUPS[name]:
             getattr(params, group).requires_grad_(group in refined)
@@ -316,16 +322,15 @@ def fit(
     decays = 0
     last_decay = 0
     for it in range(1, settings.max_iterations + 1):
-        for opt in optimisers.values():
-            opt.zero_grad(set_to_none=True)
+        optimiser.zero_grad(set_to_none=True)
         active = (included <= it).to(data.dtype)
-        misfit = model.misfit(params, data, active, "shifts" in settings.refine)
-        loss = misfit + tv_weight * total_variation(params.phase)
+        loss, misfit = model.objective(params, data, active, "shifts" in settings.refine, tv_weight)
         loss.backward()
-        for name, opt in optimisers.items():
-            if it > settings.options[name].start:
-                opt.step()
-        pending.append(misfit.detach())
+        for name in groups:
+            if it <= settings.options[name].start:
+                getattr(params, name).grad = None  # Adam leaves a parameter without gradient as it is
+        optimiser.step()
+        pending.append(misfit)
         with torch.no_grad():
             params.phase -= params.phase.mean()  # the global phase constant is unobservable
         if it % read_back and it < settings.max_iterations:
@@ -353,9 +358,8 @@ def fit(
                     break
                 decays += 1
                 last_decay = it
-                for opt in optimisers.values():
-                    for group in opt.param_groups:
-                        group["lr"] *= 0.5
+                for group in optimiser.param_groups:
+                    group["lr"] *= 0.5
     return FitResult(loss=history[-1], iterations=it, history=history, seconds=time.perf_counter() - t0)
 
 

@@ -106,21 +106,33 @@ def float32_problem(n: int = 64, margin: int = 0):
     return model, starts, data
 
 
+def reference_total_variation(phase: torch.Tensor) -> torch.Tensor:
+    """The periodic total variation by its formula, for autograd: mean(sqrt(dy^2 + dx^2 + eps^2))."""
+    dy = phase - torch.roll(phase, 1, 0)
+    dx = phase - torch.roll(phase, 1, 1)
+    return torch.sqrt(dy**2 + dx**2 + fused.TV_EPS**2).mean()
+
+
 @pytest.mark.parametrize(("refine_shifts", "margin"), [(False, 0), (True, 0), (True, 10)])
 def test_fast_misfit_and_gradients_equal_autograd(refine_shifts, margin):
-    """The fast path (fused.SeriesMisfit: analytic gradient) gives the misfit and the gradients of
-    phase, log amplitude, defocus scale, per-image defocus and drift of autograd through the
-    forward model, to float32 precision; an inactive image is left out of both; with a margin,
-    means and misfit over the measured pixels only (a tile's canvas)."""
+    """The fast path (fused.SeriesMisfit: analytic gradient) gives the misfit, the loss (misfit plus
+    weighted total variation) and the loss's gradients of phase, log amplitude, defocus scale,
+    per-image defocus and drift of autograd through the forward model, to float32 precision; an
+    inactive image is left out of both; with a margin, means and misfit over the measured pixels
+    only (a tile's canvas)."""
     model, (fast, plain), data = float32_problem(margin=margin)
     active = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
-    fast_misfit = model.misfit(fast, data, active, refine_shifts)
-    assert type(fast_misfit.grad_fn).__name__ == "_SeriesMisfitFunctionBackward"
-    fast_misfit.backward()
+    tv_weight = 0.1  # the largest phase gradient of its term is about a third of the misfit's: both are checked
+    fast_loss, fast_misfit = model.objective(fast, data, active, refine_shifts, tv_weight)
+    assert type(fast_loss.grad_fn).__name__ == "_SeriesMisfitFunctionBackward"
+    assert not fast_misfit.requires_grad
+    fast_loss.backward()
     per_image = reconstruct.misfit_per_image(model(plain, refine_shifts), data, model.measured)
     plain_misfit = torch.sum(per_image * active) / active.sum()
-    plain_misfit.backward()
+    plain_tv = reference_total_variation(plain.phase)
+    (plain_misfit + tv_weight * plain_tv).backward()
     assert fast_misfit.item() == pytest.approx(plain_misfit.item(), rel=1e-5)
+    assert fast_loss.item() - fast_misfit.item() == pytest.approx(tv_weight * plain_tv.item(), rel=1e-5)
     names = ["phase", "log_amplitude", "defocus_scale", "defocus"] + (["shifts"] if refine_shifts else [])
     for name in names:
         expected = getattr(plain, name).grad
@@ -139,9 +151,7 @@ def test_total_variation_gradient_equals_autograd():
     phase.requires_grad_(True)
     value = fused.total_variation(phase)
     (analytic,) = torch.autograd.grad(value, phase)
-    dy = phase - torch.roll(phase, 1, 0)
-    dx = phase - torch.roll(phase, 1, 1)
-    reference = torch.sqrt(dy**2 + dx**2 + 1e-6).mean()
+    reference = reference_total_variation(phase)
     (expected,) = torch.autograd.grad(reference, phase)
     assert value.item() == pytest.approx(reference.item(), rel=1e-6)
     assert (analytic - expected).abs().max() <= 1e-5 * expected.abs().max()
