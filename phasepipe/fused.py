@@ -95,13 +95,10 @@ def _join(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
     return (im.view(torch.int32).to(torch.int64) << 32) | (re.view(torch.int32).to(torch.int64) & 0xFFFFFFFF)
 
 
-def _wave(phase, log_amplitude, psi_re, psi_im, psi):
-    """psi = exp(log_amplitude + i phase), planar and into the complex map ``psi`` (int64 words)."""
+def _wave(phase, log_amplitude, psi):
+    """psi = exp(log_amplitude + i phase) into the complex map ``psi`` (int64 words)."""
     amplitude = torch.exp(log_amplitude)
-    re, im = amplitude * torch.cos(phase), amplitude * torch.sin(phase)
-    psi_re.copy_(re)
-    psi_im.copy_(im)
-    psi.copy_(_join(re, im))
+    psi.copy_(_join(amplitude * torch.cos(phase), amplitude * torch.sin(phase)))
 
 
 def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm, t_re, t_im, image):
@@ -174,10 +171,11 @@ def _adjoint(grad, psi, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, defocu
     return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()]).double()
 
 
-def _object_gradient(grad_wave, psi_re, psi_im, phase, tv_weight, eps: float):
+def _object_gradient(grad_wave, psi, phase, tv_weight, eps: float):
     """dL/dphi = Re(conj(g) i psi) + tv_weight dTV/dphi and dL/d(log a) = Re(conj(g) psi) for
-    g = dL/dpsi (int64 words); TV(phase), in the same pass over the maps."""
+    g = dL/dpsi (g and psi int64 words); TV(phase), in the same pass over the maps."""
     g_re, g_im = _split(grad_wave)
+    psi_re, psi_im = _split(psi)
     tv, tv_gradient = _total_variation(phase, eps)
     return g_im * psi_re - g_re * psi_im + tv_weight * tv_gradient, g_re * psi_re + g_im * psi_im, tv
 
@@ -254,7 +252,7 @@ class _Workspace:
         if sys.byteorder != "little":  # _split reads the real part from the low word
             raise RuntimeError("the fast path needs a little-endian machine")
         self.key = (shape, device)
-        self.psi_re, self.psi_im, self.t_re, self.t_im = (torch.empty(shape, device=device) for _ in range(4))
+        self.t_re, self.t_im = (torch.empty(shape, device=device) for _ in range(2))
         # Complex maps as the compiled kernels see them (_split): psi, an image's S, dL/dPsi.
         self.psi, self.image, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(3))
         self.maps: _Maps | None = None
@@ -334,7 +332,7 @@ class SeriesMisfit:
         maps = ws.maps
         # FFTs into fresh tensors (module doc); kernels write W's gradient over W.
         phase = phase.detach()
-        _WAVE(phase, log_amplitude.detach(), ws.psi_re, ws.psi_im, ws.psi)
+        _WAVE(phase, log_amplitude.detach(), ws.psi)
         spectrum = torch.fft.fft2(ws.psi.view(torch.complex64)).view(torch.int64)
         defocus = defocus_nm.detach().float()
         ramp_y, ramp_x = maps.ramps(defocus_nm.detach(), shifts_px.detach())
@@ -355,7 +353,7 @@ class SeriesMisfit:
             h_psi = torch.fft.ifft2(ws.h_sum.view(torch.complex64), norm="forward").view(torch.int64)
             # The weight as a tensor: a float would be compiled in as a constant, once per value.
             weight_tv = torch.as_tensor(tv_weight, dtype=phase.dtype, device=phase.device)
-            d_phase, d_log_amplitude, tv = _OBJECT_GRADIENT(h_psi, ws.psi_re, ws.psi_im, phase, weight_tv, TV_EPS)
+            d_phase, d_log_amplitude, tv = _OBJECT_GRADIENT(h_psi, ws.psi, phase, weight_tv, TV_EPS)
             d_defocus = gradients[:, 0].to(defocus_nm.dtype)
             d_shift = gradients[:, 1:].to(shifts_px.dtype)
             ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
