@@ -953,7 +953,11 @@ def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -
         name = names[future.key]
         summaries[name] = summary
         computed += not summary["reused"]
-        how = "from its record" if summary["reused"] else f"computed in {summary['seconds']:.1f} s"
+        how = (
+            "from its record"
+            if summary["reused"]
+            else f"computed (full-resolution fit: {summary['iterations']} iterations, {summary['seconds']:.1f} s)"
+        )
         log.info(
             "tile %s %s; %s",
             name,
