@@ -53,10 +53,11 @@ ANCHOR_SIGMA_BINS = 2.0  # low-pass (Gaussian sigma, binned px) below which tile
 TERMS = {"phase": 3, "amplitude": 1, "tie_phase": 3}
 # Fraction of the Fresnel envelope below which a spatial frequency counts as not transferred.
 ENVELOPE_FLOOR = 0.05
-# Peak memory of one tile's fit: interpreter and torch, plus bytes per window pixel and image
-# (measured by benchmarks/tiling_speed.py; the forward model keeps a few complex maps per image
-# for the backward pass).
-TILE_BASE_MB = 600
+# Peak memory of one tile's fit: interpreter, torch and the compiled kernels, with up to 64 MB of
+# freed memory kept for reuse (reuse_freed_memory), plus bytes per window pixel and image
+# (measured by benchmarks/tiling_speed.py: 1.07-1.13 GB per worker on a 640 px canvas of three
+# images; the forward model keeps a few complex maps per image for the backward pass).
+TILE_BASE_MB = 900
 TILE_BYTES_PER_PX_IMAGE = 260
 CONNECT_TIMEOUT_S = 20  # waiting for an existing Dask scheduler (dask.scheduler: tcp://...)
 # A SLURM worker job's own memory beside its tile's fit: the Dask worker and its nanny.
@@ -522,7 +523,7 @@ def reuse_freed_memory() -> None:
     except (OSError, AttributeError):
         return
     mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest
-    mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
+    mallopt(M_TRIM_THRESHOLD, 64 * 2**20)  # freed memory kept for reuse: a few maps of a large canvas
 
 
 def _reconstruct_once(job: TileJob, images: np.ndarray, pixel_size_nm: float, margin_px: int, folder: Path) -> dict:
