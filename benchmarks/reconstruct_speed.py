@@ -23,23 +23,19 @@ processes' turns on a shared machine; with more than one torch thread it leaves 
 threads' work). The ratio printed is the median of the pairs' ratios: the machine's speed drifts
 between pairs more than within one.
 
-Measured on the shared 2-core machine, one thread, other agents' jobs running (load 3-7), two
-runs of the script before (main at the branch point) and after (three kernels per image on int64
-words, separable phase, fresh FFT outputs), before and after in turn; ratios in CPU time (wall
-time moves by a third from run to run under such load)::
+Measured on the 2-core machine, one thread, otherwise quiet (ratios of the current code; the
+history and where the time goes: docs/physics.md, "Differentiable reconstruction")::
 
-    size  N   before: iteration (CPU)  ratio       after: iteration (CPU)  ratio
-     512  3           26.6, 24.4 ms    2.77, 2.75          22.9, 19.9 ms    2.33, 2.24
-     512  5           38.3, 40.7 ms    2.92, 2.97          31.2, 33.8 ms    2.03, 2.29
-    1024  3          112.8, 117.2 ms   2.38, 2.37          91.2, 96.9 ms    1.87, 2.06
-    1024  5          171.0, 174.3 ms   2.26, 2.22         144.2, 125.0 ms   1.94, 1.71
+    size  N   ratio (runs)
+     512  3   2.03-2.30, median 2.12 (8)
+     512  5   1.93-2.13, median 2.05 (8)
+    1024  3   1.67, 1.98
+    1024  5   1.66, 1.75
 
-The 2N + 2 FFTs took 8.9-9.8 ms (512^2, N = 3), 13.1-15.4 ms (N = 5), 47-50 ms and 73-78 ms
-(1024^2). At 512^2 the target is not met: the baseline's FFTs run on an image that stays in the
-2 MB L2 cache, the iteration's on images that do not (about 1.5 ms instead of 1.15 ms each), and
-an image's three kernels (S, residual, adjoint: 0.4, 0.4 and 0.5-0.6 ms alone) and the fixed
-work of an iteration (psi's exp, cos and sin, TV, Adam, the phase's mean, about 40 us of
-dispatch per compiled call) weigh more against FFTs of that size.
+Runs a minute apart differ by up to 0.2. At 512^2 the target is not met reliably: the
+baseline's FFTs run on an image that stays in the 2 MB L2 cache, the iteration's on images the
+kernels have just pushed out of it, and the kernels and the fixed work of an iteration weigh more
+against FFTs of that size.
 
 Run from the repository root::
 
