@@ -45,6 +45,7 @@ GROUPS = {
     "shifts": ("shifts",),
 }
 MAX_DECAYS = 3
+UNWRAP_EVERY = 20  # iterations between looks for 2 pi slips of the phase (undo_phase_slips)
 READ_BACK = 10  # iterations between reading a GPU's misfits back to the host
 COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least this many px a side
 
@@ -247,14 +248,36 @@ class ForwardModel:
         )
 
 
-def remove_isolated_wraps(phase: np.ndarray) -> np.ndarray:
-    """Undo single pixels that sit a multiple of 2 pi away from their neighbourhood.
+def unwrapped(phase: np.ndarray) -> np.ndarray:
+    """``phase`` with every region moved by the multiple of 2 pi that makes no step between
+    neighbouring pixels exceed pi where that is possible (skimage's unwrapping of exp(i phi)).
 
-    The model sees only exp(i phi), so such a pixel costs no misfit, and steep edges leave a few
-    behind; moving them by 2 pi k changes nothing in the images and removes the speckle.
+    The model sees only exp(i phi), so this changes no image: it undoes 2 pi slips that a fit
+    leaves behind (single pixels at steep edges, or a whole island's phase 2 pi short across its
+    edge, which the total variation alone cannot undo) and which would otherwise bias what the
+    phase is fitted with, the defocus first.
     """
-    local = ndimage.median_filter(phase, size=3, mode="wrap")
-    return phase - 2 * np.pi * np.round((phase - local) / (2 * np.pi))
+    from skimage.restoration import unwrap_phase
+
+    phase = np.asarray(phase, np.float64)
+    turns = np.round((unwrap_phase(np.angle(np.exp(1j * phase))) - phase) / (2 * np.pi))
+    return phase + 2 * np.pi * (turns - np.median(turns))  # the largest region stays where it is
+
+
+def undo_phase_slips(phase: torch.Tensor) -> int | None:
+    """Replace ``phase`` in place by :func:`unwrapped` where some neighbouring pixels differ by more
+    than pi and the total variation falls by it. Returns the pixels moved: None where no step
+    exceeds pi (nothing to try), 0 where unwrapping would not lower the total variation."""
+    with torch.no_grad():
+        steepest = torch.maximum(phase.diff(dim=0).abs().max(), phase.diff(dim=1).abs().max())
+        if float(steepest) <= math.pi:
+            return None
+        candidate = torch.as_tensor(unwrapped(phase.cpu().numpy()), dtype=phase.dtype, device=phase.device)
+        moved = int(torch.count_nonzero((candidate - phase).abs() > math.pi))
+        if moved == 0 or float(total_variation(candidate)) >= float(total_variation(phase)):
+            return 0
+        phase.copy_(candidate)
+        return moved
 
 
 def noise_level(images: np.ndarray) -> float:
@@ -321,6 +344,7 @@ def fit(
     it = 0
     decays = 0
     last_decay = 0
+    unwrap_interval = next_unwrap = UNWRAP_EVERY
     for it in range(1, settings.max_iterations + 1):
         optimiser.zero_grad(set_to_none=True)
         active = (included <= it).to(data.dtype)
@@ -333,6 +357,14 @@ def fit(
         pending.append(misfit)
         with torch.no_grad():
             params.phase -= params.phase.mean()  # the global phase constant is unobservable
+        if it == next_unwrap:
+            moved = undo_phase_slips(params.phase)
+            if moved:
+                log.info("iteration %d: %d px of the phase moved by multiples of 2 pi (slips undone)", it, moved)
+            # Steep steps the total variation keeps (the object's own, or noise) are looked at ever
+            # more rarely: unwrapping costs as much as tens of FFTs.
+            unwrap_interval = 2 * unwrap_interval if moved == 0 else UNWRAP_EVERY
+            next_unwrap = it + unwrap_interval
         if it % read_back and it < settings.max_iterations:
             continue
         history.extend(torch.stack(pending).tolist())
@@ -360,6 +392,7 @@ def fit(
                 last_decay = it
                 for group in optimiser.param_groups:
                     group["lr"] *= 0.5
+    undo_phase_slips(params.phase)  # nor does the phase returned carry any
     return FitResult(loss=history[-1], iterations=it, history=history, seconds=time.perf_counter() - t0)
 
 
@@ -562,7 +595,7 @@ def reconstruct(
     std = _uncertainty(fitted.model, params, fitted.data, settings) if settings.refine else np.zeros(3 * n + 2)
     with torch.no_grad():
         return Reconstruction(
-            phase=remove_isolated_wraps(params.phase.cpu().numpy())[inner].astype(np.float32),
+            phase=params.phase.cpu().numpy()[inner].astype(np.float32),
             amplitude=params.log_amplitude.exp().cpu().numpy()[inner].astype(np.float32),
             tie_phase=tie[inner].astype(np.float32),
             defocus_nm=params.defocus_nm().cpu().numpy(),

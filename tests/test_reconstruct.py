@@ -225,16 +225,41 @@ def test_reconstruction_beats_tie_and_refines_defocus():
     assert np.all(result.defocus_std_nm[outer] > 0)
 
 
-def test_isolated_wraps_are_removed_without_changing_the_wave():
-    """A pixel 2 pi off its neighbourhood is moved back; exp(i phi) is unchanged to float precision."""
+def test_phase_slips_are_undone_without_changing_the_wave():
+    """Single pixels 2 pi and 4 pi off, and a disk 2 pi short across its edge (what a fit of an
+    island can leave), are moved back; exp(i phi) is unchanged to float precision."""
     rng = np.random.default_rng(3)
-    smooth = np.cumsum(np.cumsum(0.01 * rng.standard_normal((32, 32)), 0), 1)
-    speckled = smooth.copy()
-    speckled[5, 7] += 2 * np.pi
-    speckled[20, 11] -= 4 * np.pi
-    fixed = reconstruct.remove_isolated_wraps(speckled)
-    np.testing.assert_allclose(fixed, smooth, atol=1e-12)
-    np.testing.assert_allclose(np.exp(1j * fixed), np.exp(1j * speckled), atol=1e-12)
+    n = 48
+    smooth = np.cumsum(np.cumsum(0.01 * rng.standard_normal((n, n)), 0), 1)
+    yy, xx = np.mgrid[:n, :n]
+    disk = np.hypot(yy - 24, xx - 20) < 9
+    slipped = smooth - 2 * np.pi * disk
+    slipped[5, 40] += 2 * np.pi
+    slipped[40, 11] -= 4 * np.pi
+    phase = torch.tensor(slipped, dtype=torch.float64)
+    moved = reconstruct.undo_phase_slips(phase)
+    assert moved == disk.sum() + 2
+    np.testing.assert_allclose(phase.numpy(), smooth, atol=1e-12)
+    np.testing.assert_allclose(np.exp(1j * phase.numpy()), np.exp(1j * slipped), atol=1e-12)
+    # Nothing steeper than pi: nothing is tried.
+    assert reconstruct.undo_phase_slips(torch.tensor(smooth)) is None
+
+
+def test_island_edge_is_not_left_two_pi_short():
+    """The demo's second vortex disk from three noisy images: its fit from TIE slipped 2 pi across
+    the disk's edge (acc 0.975, defocus 0.9 % off at 192 px) before slips were undone during the
+    fit; now acc 0.9994 and defocus 0.4 % off."""
+    spec = next(s for s in simulate.demo_campaign() if s.series == "s04_vortex")
+    spec = dataclasses.replace(
+        spec, size_px=192, defocus_nominal_nm=(-1.6e6, 0.0, 1.6e6), calibration=1.05, noise_fraction=0.05, drift_px=0.0
+    )
+    images, truth = simulate.simulate_series(spec)
+    result = reconstruct.reconstruct(
+        images, np.asarray(spec.defocus_nominal_nm), PIXEL_NM, reconstruct.Microscope(), reconstruct.Settings()
+    )
+    assert metrics.phase_accuracy(result.phase, truth["phase"].values) >= 0.99
+    outer = [0, 2]
+    assert np.all(metrics.defocus_errors(result.defocus_nm, truth["defocus_nm"].values)[outer] < 0.007)
 
 
 @pytest.mark.integration
