@@ -82,14 +82,20 @@ def clocks() -> np.ndarray:
     return np.array([time.perf_counter(), time.thread_time()])
 
 
+def first_report(device: str) -> int:
+    """The iteration whose report starts the clock: a GPU's reports come in bursts of
+    ``reconstruct.READ_BACK``, read back together at the burst's end."""
+    return reconstruct.READ_BACK if device == "cuda" else 1
+
+
 def iteration_time(model, params, data, iterations: int) -> np.ndarray:
     """Seconds per iteration of ``fit`` with defocus refined from the first iteration on (wall, CPU).
 
     Timed between the fit's own per-iteration reports (its ``progress``), not around the call: a
     fit's set-up and its last step (undoing 2 pi slips of the phase it returns, about 100 ms at
     512^2 once the phase has steps steeper than pi) happen once per fit, not per iteration, and
-    would otherwise be charged to the few iterations timed here. A GPU's reports come in bursts of
-    ``reconstruct.READ_BACK``: there the clock starts at the end of the first burst.
+    would otherwise be charged to the few iterations timed here. The clock starts at
+    :func:`first_report`.
     """
     options = dict(reconstruct.DEFAULT_OPTIONS)
     options["defocus_scale"] = reconstruct.ParameterOptions(lr=1e-3, start=0)
@@ -104,7 +110,7 @@ def iteration_time(model, params, data, iterations: int) -> np.ndarray:
     )
     stamps = {}
     reconstruct.fit(model, params, data, settings, tv_weight=1e-4, progress=lambda k, _: stamps.setdefault(k, clocks()))
-    first = reconstruct.READ_BACK if device == "cuda" else 1
+    first = first_report(device)
     return (stamps[iterations] - stamps[first]) / (iterations - first)
 
 
@@ -132,7 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    first = reconstruct.READ_BACK if args.device == "cuda" else 1
+    first = first_report(args.device)
     if args.iterations <= first:
         parser.error(f"--iterations must be more than {first} on {args.device}: the clock starts at iteration {first}")
     torch.set_num_threads(args.threads)
