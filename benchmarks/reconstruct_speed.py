@@ -131,9 +131,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--images", type=int, nargs="+", default=[3, 5], choices=sorted(DEFOCUS))
-    # 19: the fit's first look for 2 pi slips comes at iteration 20 (reconstruct.UNWRAP_EVERY); in a
-    # long fit such looks become rarer and rarer, and timings of a few iterations should not hold one.
-    parser.add_argument("--iterations", type=int, default=19, help="iterations per fit timed (more than 10 on cuda)")
+    # Short of the fit's first look for 2 pi slips (at reconstruct.UNWRAP_EVERY): in a long fit such
+    # looks become rarer and rarer, and timings of a few iterations should not hold one.
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=reconstruct.UNWRAP_EVERY - 1,
+        help=f"iterations per fit timed (more than {reconstruct.READ_BACK} on cuda)",
+    )
     parser.add_argument("--repeat", type=int, default=7, help="pairs of timings (iterations, FFTs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
