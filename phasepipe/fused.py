@@ -180,22 +180,33 @@ def _object_gradient(grad_wave, psi, phase, tv_weight, eps: float):
     return g_im * psi_re - g_re * psi_im + tv_weight * tv_gradient, g_re * psi_re + g_im * psi_im, tv
 
 
-def _previous(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """x shifted by one pixel along ``dim``, periodically (torch.roll, in a form inductor vectorises)."""
-    return torch.cat([x.narrow(dim, -1, 1), x.narrow(dim, 0, x.shape[dim] - 1)], dim)
-
-
-def _next(x: torch.Tensor, dim: int) -> torch.Tensor:
-    return torch.cat([x.narrow(dim, 1, x.shape[dim] - 1), x.narrow(dim, 0, 1)], dim)
-
-
 def _total_variation(phase, eps: float):
-    """Isotropic, smoothed, periodic total variation (mean over pixels) and its gradient."""
-    dy = phase - _previous(phase, 0)
-    dx = phase - _previous(phase, 1)
-    norm = torch.sqrt(dy * dy + dx * dx + eps**2)
-    ny, nx = dy / norm, dx / norm
-    gradient = (ny + nx - _next(ny, 0) - _next(nx, 1)) / phase.numel()
+    """Isotropic, smoothed, periodic total variation (mean over pixels) and its gradient.
+
+    The gradient at a pixel needs the normalised differences at its neighbours below and to the
+    right too: they are made again here from slices of the phase padded periodically by one
+    pixel, rather than stored as maps and read back shifted. Inductor's code for the object
+    gradient then holds two temporary maps (the padding's) instead of four, and takes an eighth
+    less time at 512^2.
+    """
+    height, width = phase.shape
+    padded = torch.cat([phase[-1:], phase, phase[:1]], 0)
+    padded = torch.cat([padded[:, -1:], padded, padded[:, :1]], 1)
+
+    def shifted(dy: int, dx: int):
+        """phase[y + dy, x + dx], periodically."""
+        return padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+    def normalised(y: int, x: int):
+        """Backward differences along y and x at pixel (y, x) from here, and their smoothed norm."""
+        centre = shifted(y, x)
+        dy, dx = centre - shifted(y - 1, x), centre - shifted(y, x - 1)
+        return dy, dx, torch.sqrt(dy * dy + dx * dx + eps**2)
+
+    dy, dx, norm = normalised(0, 0)
+    below_dy, _, below_norm = normalised(1, 0)
+    _, right_dx, right_norm = normalised(0, 1)
+    gradient = (dy / norm + dx / norm - below_dy / below_norm - right_dx / right_norm) / phase.numel()
     return norm.mean(), gradient
 
 
