@@ -48,6 +48,10 @@ MAX_DECAYS = 3
 UNWRAP_EVERY = 20  # iterations between looks for 2 pi slips of the phase (undo_phase_slips)
 READ_BACK = 10  # iterations between reading a GPU's misfits back to the host
 COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least this many px a side
+# The auto TV weight of images with less than 3.2 % noise: phase that no image sees (beyond the
+# beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
+# data, or the defocus drifts with it (docs/physics.md, "What the data identify").
+TV_WEIGHT_FLOOR = 5e-4
 
 
 @dataclass(frozen=True)
@@ -288,8 +292,9 @@ def noise_level(images: np.ndarray) -> float:
 
 
 def auto_tv_weight(noise: float) -> float:
-    """TV weight that scales with the measured noise variance (see docs/physics.md)."""
-    return 0.5 * noise**2
+    """TV weight that scales with the measured noise variance, and no less than
+    ``TV_WEIGHT_FLOOR`` (see docs/physics.md)."""
+    return max(0.5 * noise**2, TV_WEIGHT_FLOOR)
 
 
 @dataclass

@@ -190,6 +190,19 @@ def test_continuation_schedule(defocus_nm, expected):
     np.testing.assert_array_equal(reconstruct.continuation_schedule(np.array(defocus_nm), 150), expected)
 
 
+def test_auto_tv_weight_follows_the_noise_variance_above_a_floor():
+    """`tv_weight: auto` is half the measured noise variance (10 % noise: about 5e-3), and
+    TV_WEIGHT_FLOOR for clean images, whose measured noise is near 0."""
+    spec = simulate.SeriesSpec("tv", "vortex", size_px=96, defocus_nominal_nm=FIVE, noise_fraction=0.1, drift_px=0.0)
+    noisy, _ = simulate.simulate_series(spec)
+    clean, _ = simulate.simulate_series(dataclasses.replace(spec, noise_fraction=0.0))
+    sigma = reconstruct.noise_level(noisy)
+    assert sigma == pytest.approx(0.1, rel=0.2)
+    assert reconstruct.auto_tv_weight(sigma) == pytest.approx(0.5 * sigma**2)
+    assert 0.5 * reconstruct.noise_level(clean) ** 2 < reconstruct.TV_WEIGHT_FLOOR / 10
+    assert reconstruct.auto_tv_weight(reconstruct.noise_level(clean)) == reconstruct.TV_WEIGHT_FLOOR
+
+
 def test_reconstruction_beats_tie_and_refines_defocus():
     """A noisy (5 %) 5-image vortex series with a 4 % defocus miscalibration: the AD phase reaches
     acc > 0.9 (and beats TIE), and the refined +-1.6 mm defocus is closer to the truth than nominal.
