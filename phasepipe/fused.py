@@ -198,7 +198,7 @@ def _total_variation(phase, eps: float):
         return padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
 
     def normalised(y: int, x: int):
-        """Backward differences along y and x at pixel (y, x) from here, and their smoothed norm."""
+        """Backward differences along y and x at the pixel (y, x) away, and their smoothed norm."""
         centre = shifted(y, x)
         dy, dx = centre - shifted(y - 1, x), centre - shifted(y, x - 1)
         return dy, dx, torch.sqrt(dy * dy + dx * dx + eps**2)

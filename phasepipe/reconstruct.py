@@ -50,7 +50,7 @@ READ_BACK = 10  # iterations between reading a GPU's misfits back to the host
 COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least this many px a side
 # The auto TV weight of images with less than 3.2 % noise: phase that no image sees (beyond the
 # beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
-# data, or the defocus drifts with it (docs/physics.md, "What the data identify").
+# data, or the defocus drifts with it (docs/physics.md, `tv_weight: auto`).
 TV_WEIGHT_FLOOR = 5e-4
 
 
