@@ -109,6 +109,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     section = json.loads(args.settings)
     settings = reconstruct.settings_from_config(section)
     series = ds.attrs["series"]
+    level = reconstruct.single_defocus_level(ds["defocus_nominal_nm"].values, settings.refine)
+    if level is not None:
+        log.warning(
+            "%s: a single defocus level besides focus (|defocus| %.4g mm): the refined defocus rests on "
+            "weak non-linear effects and may be off by up to 2 %% (docs/physics.md); a second level pins it",
+            series,
+            level * 1e-6,
+        )
     try:
         tiles = tiling.tiling_from_config(section, json.loads(args.dask), args.threads, args.mem_mb)
         if ds.sizes["y"] <= tiles.tile_px and ds.sizes["x"] <= tiles.tile_px:

@@ -203,6 +203,21 @@ def test_auto_tv_weight_follows_the_noise_variance_above_a_floor():
     assert reconstruct.auto_tv_weight(reconstruct.noise_level(clean)) == reconstruct.TV_WEIGHT_FLOOR
 
 
+@pytest.mark.parametrize(
+    ("defocus_nm", "refine", "expected"),
+    [
+        ((-1.6e6, 0.0, 1.6e6), ("defocus",), 1.6e6),
+        ((0.0, 8e5), ("defocus_per_image",), 8e5),
+        (FIVE, ("defocus",), None),
+        ((-1.6e6, 0.0, 1.6e6), ("shifts",), None),
+    ],
+)
+def test_single_defocus_level(defocus_nm, refine, expected):
+    """A series whose defocused images share one |defocus| is flagged when its defocus is refined
+    (the CLI warns: the calibration is then up to 2 % off); two levels, or no defocus refined, not."""
+    assert reconstruct.single_defocus_level(np.array(defocus_nm), refine) == expected
+
+
 def test_reconstruction_beats_tie_and_refines_defocus():
     """A noisy (5 %) 5-image vortex series with a 4 % defocus miscalibration: the AD phase reaches
     acc > 0.9 (and beats TIE), and the refined +-1.6 mm defocus is closer to the truth than nominal.
