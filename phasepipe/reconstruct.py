@@ -305,6 +305,11 @@ class FitResult:
     seconds: float
 
 
+def defocus_levels(defocus_nm: np.ndarray) -> np.ndarray:
+    """Each image's |defocus| (nm, to 1e-3 nm): images at one level share it exactly."""
+    return np.round(np.abs(np.asarray(defocus_nm, dtype=np.float64)), 3)
+
+
 def continuation_schedule(defocus_nm: np.ndarray, step: int) -> np.ndarray:
     """First iteration at which each image enters the misfit: defocus continuation.
 
@@ -313,8 +318,8 @@ def continuation_schedule(defocus_nm: np.ndarray, step: int) -> np.ndarray:
     |defocus| levels start together (focus alone carries no phase); each further level follows
     ``step`` iterations later.
     """
-    levels = np.unique(np.round(np.abs(defocus_nm), 3))
-    rank = np.searchsorted(levels, np.round(np.abs(defocus_nm), 3))
+    level = defocus_levels(defocus_nm)
+    rank = np.searchsorted(np.unique(level), level)
     return np.maximum(rank - 1, 0) * step
 
 
@@ -627,8 +632,8 @@ def single_defocus_level(defocus_nominal_nm: np.ndarray, refine: tuple[str, ...]
     the simulator's three-image vortex series at 512^2 it came out up to 2 % off (docs/physics.md,
     "What the data identify"), the demo's five images 0.3-0.8 %.
     """
-    nominal = np.abs(np.asarray(defocus_nominal_nm, dtype=np.float64))
-    levels = np.unique(np.round(nominal[nominal > 0], 3))
+    level = defocus_levels(defocus_nominal_nm)
+    levels = np.unique(level[level > 0])
     if len(levels) == 1 and {"defocus", "defocus_per_image"} & set(refine):
         return float(levels[0])
     return None
