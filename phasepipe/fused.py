@@ -266,6 +266,10 @@ class _Workspace:
         self.t_re, self.t_im = (torch.empty(shape, device=device) for _ in range(2))
         # Complex maps as the compiled kernels see them (_split): psi, an image's S, dL/dPsi.
         self.psi, self.image, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(3))
+        # The same memory as the FFTs take it (a view made once: see SeriesMisfit.forward's loop).
+        self.psi_complex, self.image_complex, self.h_sum_complex = (
+            x.view(torch.complex64) for x in (self.psi, self.image, self.h_sum)
+        )
         self.maps: _Maps | None = None
         self.maps_key: tuple = ()
 
@@ -344,24 +348,30 @@ class SeriesMisfit:
         # FFTs into fresh tensors (module doc); kernels write W's gradient over W.
         phase = phase.detach()
         _WAVE(phase, log_amplitude.detach(), ws.psi)
-        spectrum = torch.fft.fft2(ws.psi.view(torch.complex64)).view(torch.int64)
+        spectrum = torch.fft.fft2(ws.psi_complex).view(torch.int64)
         defocus = defocus_nm.detach().float()
         ramp_y, ramp_x = maps.ramps(defocus_nm.detach(), shifts_px.detach())
         needs_grad = any(ctx.needs_input_grad[:4])
         ws.h_sum.zero_()
-        misfits, gradients = [], torch.zeros(len(data), 3, dtype=torch.float64, device=data.device)
-        images = [k for k, w in enumerate(weight.tolist()) if w != 0]
-        for k in images:
-            _SPECTRUM(spectrum, *maps.transfer, ramp_y[k], ramp_x[k], defocus[k], ws.t_re, ws.t_im, ws.image)
-            wave = torch.fft.ifft2(ws.image.view(torch.complex64))  # W_k
-            misfits.append(_RESIDUAL(wave.view(torch.int64), data[k], self.measured, self.count, weight[k]))
+        # Every image's views made before the loop: a small operation right after an FFT costs
+        # several times what it does alone (the FFT has evicted the interpreter's working set).
+        per_image = list(
+            zip(ramp_y.unbind(), ramp_x.unbind(), defocus.unbind(), data.unbind(), weight.unbind(), strict=True)
+        )
+        misfits, gradients = [], [torch.zeros(3, dtype=torch.float64, device=data.device)] * len(data)
+        for k in [k for k, w in enumerate(weight.tolist()) if w != 0]:
+            ramp_y_k, ramp_x_k, defocus_k, data_k, weight_k = per_image[k]
+            _SPECTRUM(spectrum, *maps.transfer, ramp_y_k, ramp_x_k, defocus_k, ws.t_re, ws.t_im, ws.image)
+            wave = torch.fft.ifft2(ws.image_complex)  # W_k
+            misfits.append(_RESIDUAL(wave.view(torch.int64), data_k, self.measured, self.count, weight_k))
             if not needs_grad:
                 continue
             grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
-            gradients[k] = _ADJOINT(grad, spectrum, ws.t_re, ws.t_im, *maps.derivatives, defocus[k], ws.h_sum)
+            gradients[k] = _ADJOINT(grad, spectrum, ws.t_re, ws.t_im, *maps.derivatives, defocus_k, ws.h_sum)
         if needs_grad:
+            gradients = torch.stack(gradients)
             # The adjoint of fft2 is the unnormalised inverse transform; without images, dL/dPsi = 0.
-            h_psi = torch.fft.ifft2(ws.h_sum.view(torch.complex64), norm="forward").view(torch.int64)
+            h_psi = torch.fft.ifft2(ws.h_sum_complex, norm="forward").view(torch.int64)
             # The weight as a tensor: a float would be compiled in as a constant, once per value.
             weight_tv = torch.as_tensor(tv_weight, dtype=phase.dtype, device=phase.device)
             d_phase, d_log_amplitude, tv = _OBJECT_GRADIENT(h_psi, ws.psi, phase, weight_tv, TV_EPS)
