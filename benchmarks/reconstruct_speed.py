@@ -36,7 +36,8 @@ Runs a minute apart differ by up to 0.2. Until 2026-12 each timing ran a fit of 
 and timed the call, whose last step (undoing 2 pi slips of the phase returned: about 100 ms at
 512^2 once the phase has steps steeper than pi, after some 40 iterations here) was charged to
 its 10 iterations: later pairs of a run then read 2.6-5.3 instead of about 2. At 512^2 the
-target is not met reliably (three later runs: 2.08-2.16 for N = 3, 2.03-2.21 for N = 5): timed
+target is not met reliably (three later runs: 2.08-2.16 for N = 3, 2.03-2.21 for N = 5; twelve on
+a busier day: 1.90-2.16 and 1.87-2.23, with 1.66 and 1.61 at 1024^2): timed
 directly inside the fit, the FFTs take only about 6 % longer than alone, but the element-wise
 kernels (0.5-0.65 ms per image) and the fixed work of an iteration (2-2.5 ms of Python, dispatch
 and Adam) weigh more against FFTs of that size.
