@@ -34,18 +34,21 @@ def tie_phase(
     defocus_nm: np.ndarray,
     pixel_size_nm: float,
     voltage_v: float,
-    qc_per_nm: float | None = None,
+    qc_cycles: float = 1.0,
 ) -> np.ndarray:
-    """TIE phase (rad, zero mean) from a through-focus series (N, y, x)."""
+    """TIE phase (rad, zero mean) from a through-focus series (N, y, x).
+
+    ``qc_cycles``: the regularisation frequency q_c in cycles over the mirrored field. The default,
+    one, suppresses only what TIE cannot know; the differentiable fit starts from a stronger one
+    (``reconstruct.START_QC_CYCLES``).
+    """
     didz, focus = intensity_derivative(images, defocus_nm)
     h, w = focus.shape
     didz_m = _mirror(didz)
     focus_m = np.clip(_mirror(focus), 0.05 * focus.mean(), None)
     qy, qx = physics.frequency_grid(didz_m.shape, pixel_size_nm)
     q2 = qy**2 + qx**2
-    if qc_per_nm is None:
-        # One cycle over the mirrored field: suppresses only what TIE cannot know.
-        qc_per_nm = 1.0 / (max(h, w) * 2 * pixel_size_nm)
+    qc_per_nm = qc_cycles / (max(h, w) * 2 * pixel_size_nm)
     inv_lap = -(q2 / (q2 + qc_per_nm**2) ** 2) / (4 * np.pi**2)  # regularised 1 / (-4 pi^2 q^2)
     k = 2 * np.pi / physics.wavelength_nm(voltage_v)
 

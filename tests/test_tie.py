@@ -49,7 +49,7 @@ def test_unregularised_tie_has_the_right_sign_and_scale():
     k dI/dz = -laplacian(phi) with k = 2 pi / lambda fixes sign and scale of phi."""
     phase = island_phase(128, 3.0, 0.3, seed=1)
     defocus = np.array([-2e4, 0.0, 2e4])
-    recovered = tie.tie_phase(weak_phase_series(phase, defocus), defocus, PIXEL_NM, VOLTAGE_V, qc_per_nm=1e-9)
+    recovered = tie.tie_phase(weak_phase_series(phase, defocus), defocus, PIXEL_NM, VOLTAGE_V, qc_cycles=1e-6)
     assert np.corrcoef(recovered.ravel(), phase.ravel())[0, 1] > 0.999
     assert np.polyfit(phase.ravel(), recovered.ravel(), 1)[0] == pytest.approx(1.0, abs=0.02)
 
