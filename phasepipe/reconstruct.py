@@ -597,7 +597,8 @@ def _fit_from_tie(
         result = fit(model, params, data, trial_settings, tv_weight)
         log.info("from TIE at q_c %g cycles: misfit %.5e after %d iterations", qc, result.loss, result.iterations)
         trials.append((result.loss, phase, params, result))
-    _, phase, params, result = min(trials, key=lambda trial: trial[0])
+    # A trial that diverged (misfit not finite) never wins: NaN compares as neither lower nor higher.
+    _, phase, params, result = min(trials, key=lambda trial: trial[0] if math.isfinite(trial[0]) else math.inf)
     spent = sum(trial[3].seconds for trial in trials)
     if result.iterations == trial_settings.max_iterations < settings.max_iterations:
         # Cut short by the trial: fitted again from its start, the whole way.
