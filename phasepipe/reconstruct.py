@@ -52,14 +52,6 @@ COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least t
 # beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
 # data, or the defocus drifts with it (docs/physics.md, `tv_weight: auto`).
 TV_WEIGHT_FLOOR = 5e-4
-# The fit starts from TIE phases regularised at each of these q_c (cycles over the mirrored field)
-# and keeps the one that explains the images best. A field cut from a film holds, in its lowest
-# frequencies, a harmonic part of the phase that the images do not show and TIE's mirror boundary
-# sets wrongly; the fit then keeps it (acc 0.85 at 512^2 from 1 cycle, 0.9985 from 4). An island's
-# own edges show those frequencies, and its fit from 4 cycles can settle in a worse optimum (acc
-# 0.97 against 0.9994). Either way the wrong start has the higher misfit. docs/physics.md.
-START_QC_CYCLES = (1.0, 4.0)
-START_TRIAL_ITERATIONS = 500  # the two are told apart by then (misfits 2-7 times apart on those series)
 
 
 @dataclass(frozen=True)
@@ -516,6 +508,7 @@ class _Fit:
 def _fit_canvas(
     images: np.ndarray,
     measured: np.ndarray | None,
+    start_phase: np.ndarray,
     nominal: np.ndarray,
     pixel_size_nm: float,
     microscope: Microscope,
@@ -526,8 +519,10 @@ def _fit_canvas(
 
     With ``settings.coarse_factor`` > 1 (and a canvas that stays at least ``COARSE_MIN_PX`` px
     binned), the series binned that much is fitted first, and the fit here starts from its result
-    (docs/physics.md, Coarse to fine); otherwise from TIE phases (:func:`_fit_from_tie`).
+    (docs/physics.md, Coarse to fine); otherwise from ``start_phase`` (TIE) and the in-focus
+    image's amplitude.
     """
+    reference = int(np.argmin(np.abs(nominal)))
     # Mean-normalised over the measured pixels, as the model's images are.
     weight = np.ones(images.shape[1:]) if measured is None else measured
     data_np = images / (np.sum(images * weight, axis=(1, 2), keepdims=True) / weight.sum())
@@ -535,13 +530,13 @@ def _fit_canvas(
     tv_weight = auto_tv_weight(noise) if settings.tv_weight is None else settings.tv_weight
     factor = settings.coarse_factor
     coarse_seconds = 0.0
-    from_coarse = factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX
-    if from_coarse:
+    if factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX:
         coarse_images = binned(images, factor)
         coarse = _fit_canvas(
             coarse_images,
             # A binned pixel is data only where all it holds is.
             None if measured is None else (binned(measured, factor) > 1 - 1e-6).astype(np.float64),
+            tie_phase(coarse_images, nominal, pixel_size_nm * factor, microscope.voltage_kv * 1e3),
             nominal,
             pixel_size_nm * factor,
             microscope,
@@ -557,55 +552,18 @@ def _fit_canvas(
         )
         coarse_seconds = coarse.result.seconds
         log.info("coarse fit (binned %d x): %d iterations, %.1f s", factor, coarse.result.iterations, coarse_seconds)
+        params = coarse.params.resampled(images.shape[1:], factor)
+    else:
+        amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
+        params = Parameters(start_phase, amplitude, nominal, microscope, reference).to(settings.device)
     model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device, measured)
     data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
     log.info(
         "%d x %d px: noise %.4f, tv_weight %.3e, refine %s", *images.shape[1:], noise, tv_weight, list(settings.refine)
     )
-    if from_coarse:
-        params = coarse.params.resampled(images.shape[1:], factor)
-        result = fit(model, params, data, settings, tv_weight, progress)
-    else:
-        params, result = _fit_from_tie(
-            model, images, data, nominal, pixel_size_nm, microscope, settings, tv_weight, progress
-        )
+    result = fit(model, params, data, settings, tv_weight, progress)
     result.seconds += coarse_seconds
     return _Fit(model, params, data, result, noise, tv_weight)
-
-
-def _fit_from_tie(
-    model: ForwardModel,
-    images: np.ndarray,
-    data: torch.Tensor,
-    nominal: np.ndarray,
-    pixel_size_nm: float,
-    microscope: Microscope,
-    settings: Settings,
-    tv_weight: float,
-    progress=None,
-) -> tuple[Parameters, FitResult]:
-    """The fit of ``data`` (the mean-normalised ``images``) from the TIE phase at whichever of
-    ``START_QC_CYCLES`` has the lower misfit after ``START_TRIAL_ITERATIONS`` (the in-focus
-    image's amplitude with each); its ``seconds`` count the trials."""
-    reference = int(np.argmin(np.abs(nominal)))
-    amplitude = np.sqrt(np.clip(data[reference].cpu().numpy(), 1e-3, None))
-    trial_settings = replace(settings, max_iterations=min(settings.max_iterations, START_TRIAL_ITERATIONS))
-    trials = []
-    for qc in START_QC_CYCLES:
-        phase = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3, qc)
-        params = Parameters(phase, amplitude, nominal, microscope, reference).to(settings.device)
-        result = fit(model, params, data, trial_settings, tv_weight)
-        log.info("from TIE at q_c %g cycles: misfit %.5e after %d iterations", qc, result.loss, result.iterations)
-        trials.append((result.loss, phase, params, result))
-    # A trial that diverged (misfit not finite) never wins: NaN compares as neither lower nor higher.
-    _, phase, params, result = min(trials, key=lambda trial: trial[0] if math.isfinite(trial[0]) else math.inf)
-    spent = sum(trial[3].seconds for trial in trials)
-    if result.iterations == trial_settings.max_iterations < settings.max_iterations:
-        # Cut short by the trial: fitted again from its start, the whole way.
-        params = Parameters(phase, amplitude, nominal, microscope, reference).to(settings.device)
-        result = fit(model, params, data, settings, tv_weight, progress)
-    result.seconds += spent
-    return params, result
 
 
 def reconstruct(
@@ -641,7 +599,7 @@ def reconstruct(
             "tell it from the object's own resolution, so the value is not a measurement (docs/physics.md)"
         )
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
-    fitted = _fit_canvas(images, measured, nominal, pixel_size_nm, microscope, settings, progress)
+    fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
     params, result = fitted.params, fitted.result
     n = len(nominal)
     std = _uncertainty(fitted.model, params, fitted.data, settings) if settings.refine else np.zeros(3 * n + 2)

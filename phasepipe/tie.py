@@ -39,8 +39,8 @@ def tie_phase(
     """TIE phase (rad, zero mean) from a through-focus series (N, y, x).
 
     ``qc_cycles``: the regularisation frequency q_c in cycles over the mirrored field. The default,
-    one, suppresses only what TIE cannot know; the differentiable fit starts from a stronger one
-    (``reconstruct.START_QC_CYCLES``).
+    one, suppresses only what TIE cannot know; films that the field cuts through do better with
+    more, islands with less (docs/physics.md, "What the data identify").
     """
     didz, focus = intensity_derivative(images, defocus_nm)
     h, w = focus.shape

@@ -291,24 +291,6 @@ def test_island_edge_is_not_left_two_pi_short():
 
 
 @pytest.mark.integration
-def test_film_filling_the_field_is_not_left_with_ties_boundary_error():
-    """A skyrmion film that the field cuts through (no island edge), three images at 5 % noise,
-    calibration 4 % off: TIE's mirror boundary gets its lowest frequencies wrong, and the fit
-    from TIE at 1 cycle alone kept that and more (acc 0.80 against TIE's 0.97, defocus 1.5 %
-    off); the start from 4 cycles wins the trial (docs/physics.md, Optimisation): acc 0.989,
-    defocus 0.7 % off."""
-    spec = simulate.SeriesSpec("film", "skyrmions", size_px=256, calibration=1.04, noise_fraction=0.05, drift_px=0.0)
-    images, truth = simulate.simulate_series(spec)
-    result = reconstruct.reconstruct(
-        images, np.asarray(spec.defocus_nominal_nm), PIXEL_NM, reconstruct.Microscope(), reconstruct.Settings()
-    )
-    acc = metrics.phase_accuracy(result.phase, truth["phase"].values)
-    assert acc >= 0.98 and acc > metrics.phase_accuracy(result.tie_phase, truth["phase"].values) + 0.01  # TIE 0.970
-    outer = [0, 2]
-    assert np.all(metrics.defocus_errors(result.defocus_nm, truth["defocus_nm"].values)[outer] < 0.01)
-
-
-@pytest.mark.integration
 def test_drift_costs_no_accuracy_after_alignment():
     """A vortex series with drift of 2 px per image, aligned and reconstructed with the residual
     drift refined, is as accurate (within 0.005 acc) as the same series without drift."""
