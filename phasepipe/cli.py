@@ -127,6 +127,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     except tiling.TilingError as exc:
         log.error("%s: %s", series, exc)
         sys.exit(2)
+    except reconstruct.FitDiverged as exc:
+        # Like bad input, it fails this series alone, and the failure reaches the release summary.
+        _write_failure(series, args.out, "reconstruct", f"series {series}: {exc}")
+        return
     log.info(
         "%s: %d iterations in %.1f s, misfit %.3e, defocus %s nm",
         series,

@@ -54,6 +54,10 @@ COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least t
 TV_WEIGHT_FLOOR = 5e-4
 
 
+class FitDiverged(RuntimeError):
+    """A fit's misfit became infinite or NaN: the message names the iteration and the defocus."""
+
+
 @dataclass(frozen=True)
 class ParameterOptions:
     """How one parameter group is optimised: Adam learning rate and first refined iteration."""
@@ -271,10 +275,12 @@ def unwrapped(phase: np.ndarray) -> np.ndarray:
 def undo_phase_slips(phase: torch.Tensor) -> int | None:
     """Replace ``phase`` in place by :func:`unwrapped` where some neighbouring pixels differ by more
     than pi and the total variation falls by it. Returns the pixels moved: None where no step
-    exceeds pi (nothing to try), 0 where unwrapping would not lower the total variation."""
+    exceeds pi (nothing to try) or the phase is not finite, 0 where unwrapping would not lower the
+    total variation."""
     with torch.no_grad():
         steepest = torch.maximum(phase.diff(dim=0).abs().max(), phase.diff(dim=1).abs().max())
-        if float(steepest) <= math.pi:
+        # "not >": a NaN phase (a diverged fit, which fit reports) would hang skimage's unwrapping.
+        if not float(steepest) > math.pi:
             return None
         candidate = torch.as_tensor(unwrapped(phase.cpu().numpy()), dtype=phase.dtype, device=phase.device)
         moved = int(torch.count_nonzero((candidate - phase).abs() > math.pi))
@@ -378,6 +384,16 @@ def fit(
         if it % read_back and it < settings.max_iterations:
             continue
         history.extend(torch.stack(pending).tolist())
+        if not math.isfinite(history[-1]):
+            # Once NaN, every later step is NaN too: stop, rather than return maps of NaN.
+            bad = next(k for k in range(len(history) - len(pending), len(history)) if not math.isfinite(history[k]))
+            with torch.no_grad():
+                defocus = np.array2string(params.defocus_nm().cpu().numpy(), precision=0)
+            raise FitDiverged(
+                f"the fit diverged: misfit {history[bad]} at iteration {bad + 1} (defocus_nm {defocus}, "
+                f"nominal {np.array2string(params.defocus_start_nm.cpu().numpy(), precision=0)}); check the "
+                "series' nominal defocus, pixel size and voltage, or lower the learning rates"
+            )
         if progress is not None:
             for k in range(it - len(pending) + 1, it + 1):
                 progress(k, history[k - 1])
@@ -479,6 +495,12 @@ def _uncertainty(model: ForwardModel, params: Parameters, data: torch.Tensor, se
 
     hess = torch.autograd.functional.hessian(misfit, flat).double()
     jac = torch.autograd.functional.jacobian(lambda vector: at(vector, microscope_values), flat).double()
+    if not torch.isfinite(hess).all():
+        # A fit that ran far from its start (float32 images overflowing in the second
+        # derivatives): the maps are still the fit's, but its curvature says nothing.
+        log.warning("the loss curvature at the fitted parameters is not finite: their std are reported as NaN")
+        refined = (jac != 0).any(dim=1)
+        return torch.where(refined, torch.nan, 0.0).cpu().numpy()
     values = data.numel() if model.measured is None else float(model.measured.sum()) * data.shape[0]
     cov = torch.linalg.pinv(hess) * 2 * float(misfit(flat).detach()) / values
     return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()

@@ -539,9 +539,13 @@ def _reconstruct_once(job: TileJob, images: np.ndarray, pixel_size_nm: float, ma
     # uninterrupted run (the fit itself draws no random numbers).
     torch.set_num_threads(job.torch_threads)
     reuse_freed_memory()
-    result = reconstruct.reconstruct(
-        images, np.array(job.nominal_nm), pixel_size_nm, job.microscope, job.settings, margin_px=margin_px
-    )
+    try:
+        result = reconstruct.reconstruct(
+            images, np.array(job.nominal_nm), pixel_size_nm, job.microscope, job.settings, margin_px=margin_px
+        )
+    except reconstruct.FitDiverged as exc:
+        where = "the overview" if folder.name == OVERVIEW else f"tile {folder.name}"
+        raise reconstruct.FitDiverged(f"{where}: {exc}") from None
     summary = {
         "input_sha256": digest,
         "defocus_nm": result.defocus_nm.tolist(),

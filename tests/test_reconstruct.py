@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasepipe import align, fused, metrics, reconstruct, simulate
+from phasepipe import align, cli, fused, io, metrics, reconstruct, simulate
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 PIXEL_NM = 5.0
@@ -273,6 +273,14 @@ def test_phase_slips_are_undone_without_changing_the_wave():
     assert reconstruct.undo_phase_slips(torch.tensor(smooth)) is None
 
 
+def test_a_phase_that_is_not_finite_is_left_to_the_fit_to_report():
+    """undo_phase_slips leaves a NaN phase alone (skimage's unwrapping of one never returns)."""
+    phase = torch.zeros(16, 16)
+    phase[3, 4] = torch.nan
+    assert reconstruct.undo_phase_slips(phase) is None
+    assert torch.isnan(phase[3, 4]) and torch.count_nonzero(phase.nan_to_num()) == 0
+
+
 def test_island_edge_is_not_left_two_pi_short():
     """The demo's second vortex disk from three noisy images: its fit from TIE slipped 2 pi across
     the disk's edge (acc 0.975, defocus 0.9 % off at 192 px) before slips were undone during the
@@ -424,6 +432,42 @@ def test_uncertainty_is_the_curvature_of_the_misfit():
     assert std.shape == (3 * n + 2,)
     assert std[n] == pytest.approx(expected, rel=1e-3)
     assert np.count_nonzero(std) == 1
+
+
+def test_a_diverging_fit_stops_with_a_message_naming_the_iteration():
+    """An amplitude learning rate far too large (its log steps by 1e3, so exp overflows) makes the
+    misfit NaN from the second iteration on: the fit stops there rather than return maps of NaN."""
+    model, params, data = float64_problem()
+    options = {**reconstruct.DEFAULT_OPTIONS, "log_amplitude": reconstruct.ParameterOptions(lr=1e3)}
+    settings = reconstruct.Settings(refine=("defocus",), max_iterations=50, options=options)
+    with pytest.raises(reconstruct.FitDiverged, match=r"misfit nan at iteration 2 \(defocus_nm \["):
+        reconstruct.fit(model, params, data, settings, tv_weight=1e-3)
+
+
+def test_uncertainty_of_a_non_finite_curvature_is_nan_for_what_was_refined():
+    """Where the loss's curvature is not finite the refined values' std are NaN, not an error;
+    what is not refined (or, like the in-focus image's defocus, does not move) keeps 0."""
+    model, params, data = float64_problem()
+    with torch.no_grad():
+        params.log_amplitude.fill_(400.0)  # |psi|^2 = e^1600 overflows float64
+    settings = reconstruct.Settings(refine=("defocus", "beam_divergence"))
+    std = reconstruct._uncertainty(model, params, data, settings)
+    n = data.shape[0]
+    assert np.isnan(std[[0, 2, n]]).all()
+    assert std[1] == 0 and std[n + 1] == 0 and (std[n + 2 :] == 0).all()
+
+
+def test_a_diverged_series_fails_alone_in_the_cli(tmp_path, aligned_store, monkeypatch):
+    """``phasepipe reconstruct`` writes a diverged fit as a failed store naming the series and the
+    stage (as bad input is), so that the release lists it and other series go on."""
+    spec = simulate.SeriesSpec("s9", "vortex", size_px=48, defocus_nominal_nm=FIVE, drift_px=0.0, n_particles=2)
+    store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
+    monkeypatch.setitem(reconstruct.DEFAULT_OPTIONS, "log_amplitude", reconstruct.ParameterOptions(lr=1e3))
+    out = tmp_path / "out.zarr"
+    cli.main(["reconstruct", "--in", str(store), "--out", str(out), "--settings", '{"iterations": 20}'])
+    ds = io.open_store(out)
+    assert io.is_failed(ds) and ds.attrs["failed_stage"] == "reconstruct"
+    assert ds.attrs["error"].startswith("series s9: the fit diverged: misfit nan at iteration ")
 
 
 def test_beam_divergence_is_recovered_from_a_factor_two_off():

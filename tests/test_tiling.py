@@ -13,40 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
-from phasepipe import io, metrics, reconstruct, simulate, tiling
+from phasepipe import cli, io, metrics, reconstruct, simulate, tiling
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
-MICROSCOPE = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
-
-
-def aligned_store(path: Path, spec: simulate.SeriesSpec) -> tuple[Path, xr.Dataset]:
-    """A simulated series written as the align stage writes its store (no drift: nothing to undo)."""
-    images, truth = simulate.simulate_series(spec)
-    n = len(spec.defocus_nominal_nm)
-    zeros = np.zeros(n)
-    coords = np.arange(spec.size_px) * spec.pixel_size_nm
-    ds = xr.Dataset(
-        {
-            "intensity": (("image", "y", "x"), images),
-            "defocus_nominal_nm": (("image",), np.array(spec.defocus_nominal_nm)),
-            "shift_y_px": (("image",), zeros),
-            "shift_x_px": (("image",), zeros),
-            "rotation_deg": (("image",), zeros),
-            "scale": (("image",), np.ones(n)),
-            "registration_confidence": (("image",), np.ones(n)),
-        },
-        coords={"image": np.arange(n), "y": coords, "x": coords},
-        attrs={
-            "series": spec.series,
-            "status": "ok",
-            "pixel_size_nm": spec.pixel_size_nm,
-            "microscope": json.dumps(MICROSCOPE),
-        },
-    )
-    io.write_store(ds, path)
-    return path, truth
 
 
 def test_tiles_cover_the_field_once_and_windows_add_the_halo():
@@ -290,7 +260,7 @@ def run_cli(store: Path, out: Path, records: Path, settings: dict, *, wait: bool
     return output
 
 
-def test_a_field_of_one_tile_is_the_whole_field_fit(tmp_path):
+def test_a_field_of_one_tile_is_the_whole_field_fit(tmp_path, aligned_store):
     """No larger than one tile: the same numbers as the whole-field path, no stitching."""
     spec = simulate.SeriesSpec("one", "vortex", size_px=48, defocus_nominal_nm=FIVE, drift_px=0.0, n_particles=2)
     store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
@@ -315,7 +285,7 @@ def seam_steps(tiled: np.ndarray, untiled: np.ndarray, tile_px: int, offset: int
 
 
 @pytest.mark.integration
-def test_tiled_reconstruction_matches_the_untiled_one(tmp_path):
+def test_tiled_reconstruction_matches_the_untiled_one(tmp_path, aligned_store):
     """A skyrmion lattice of 192 x 192 px at -1.6 ... +1.6 mm in 96 px tiles (auto halo, 32 px):
     acc against the untiled fit of the same settings, and no seam steeper than the field's own
     steps."""
@@ -338,8 +308,26 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path):
         np.testing.assert_array_equal(tiled[name].values, untiled[name].values)
 
 
+def test_a_diverged_tile_fails_its_series_naming_the_tile(tmp_path, aligned_store, monkeypatch):
+    """A tile whose fit diverges (an amplitude learning rate far too large) fails the series as
+    bad input does: a failed store whose error names the tile."""
+    spec = simulate.SeriesSpec("s8", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
+    store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
+    monkeypatch.setitem(reconstruct.DEFAULT_OPTIONS, "log_amplitude", reconstruct.ParameterOptions(lr=1e3))
+    settings = {"iterations": 20, "tile_px": 48, "halo_px": 16}
+    out = tmp_path / "out.zarr"
+    cli.main(
+        ["reconstruct", "--in", str(store), "--out", str(out), "--settings", json.dumps(settings)]
+        + ["--dask", json.dumps({"scheduler": "threads"}), "--records", str(tmp_path / "records")]
+    )
+    ds = io.open_store(out)
+    assert io.is_failed(ds) and ds.attrs["failed_stage"] == "reconstruct"
+    where = r"(tile r\d{3}c\d{3}|the overview)"
+    assert re.match(rf"series s8: {where}: the fit diverged: misfit nan at iteration ", ds.attrs["error"])
+
+
 @pytest.mark.integration
-def test_a_killed_run_resumes_from_its_finished_tiles(tmp_path):
+def test_a_killed_run_resumes_from_its_finished_tiles(tmp_path, aligned_store):
     """SIGKILL once the first tiles are recorded; the re-run takes those from their records,
     computes the rest, and writes exactly the maps of an uninterrupted run."""
     spec = simulate.SeriesSpec("kill", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
