@@ -23,24 +23,28 @@ time and in this thread's CPU time (which leaves out other processes' turns on a
 with more than one torch thread it leaves out the other threads' work). The ratio printed is
 the median of the pairs' ratios: the machine's speed drifts between pairs more than within one.
 
-Measured on the 2-core machine, one thread, otherwise quiet (ratios of the current code; the
-history and where the time goes: docs/physics.md, "Differentiable reconstruction")::
+Measured on the 2-core machine, one thread (the history and where the time goes:
+docs/physics.md, "Differentiable reconstruction"); the host changed between the two columns::
 
-    size  N   ratio (five runs)
-     512  3   2.01-2.25, median 2.04
-     512  5   1.94-2.21, median 2.02
-    1024  3   1.74-1.90, median 1.81
-    1024  5   1.73-1.80, median 1.77
+    size  N   earlier host, quiet (five runs)   2026-12-02, AVX-512 Xeon (five / three runs)
+     512  3   2.01-2.25, median 2.04            3.08-3.63
+     512  5   1.94-2.21, median 2.02            3.11-3.41
+    1024  3   1.74-1.90, median 1.81            3.06-3.55
+    1024  5   1.73-1.80, median 1.77            3.16-3.32
 
-Runs a minute apart differ by up to 0.2. Until 2026-12 each timing ran a fit of 10 iterations
-and timed the call, whose last step (undoing 2 pi slips of the phase returned: about 100 ms at
-512^2 once the phase has steps steeper than pi, after some 40 iterations here) was charged to
-its 10 iterations: later pairs of a run then read 2.6-5.3 instead of about 2. At 512^2 the
-target is not met reliably (three later runs: 2.08-2.16 for N = 3, 2.03-2.21 for N = 5; twelve on
-a busier day: 1.90-2.16 and 1.87-2.23, with 1.66 and 1.61 at 1024^2): timed
-directly inside the fit, the FFTs take only about 6 % longer than alone, but the element-wise
-kernels (0.5-0.65 ms per image) and the fixed work of an iteration (2-2.5 ms of Python, dispatch
-and Adam) weigh more against FFTs of that size.
+On the later host the FFTs run 1.5-2 times faster alone, but about 1.6 times their time alone
+inside the fit, and the element-wise kernels did not speed up with them.
+
+Runs a minute apart differed by up to 0.2 on the earlier host, 0.5 on the later. Until 2026-12
+each timing ran a fit of 10 iterations and timed the call, whose last step (undoing 2 pi slips
+of the phase returned: about 100 ms at 512^2 once the phase has steps steeper than pi, after
+some 40 iterations here) was charged to its 10 iterations: later pairs of a run then read
+2.6-5.3 instead of about 2. On the earlier host, at 512^2 the target was not met reliably (three
+later runs: 2.08-2.16 for N = 3, 2.03-2.21 for N = 5; twelve on a busier day: 1.90-2.16 and
+1.87-2.23, with 1.66 and 1.61 at 1024^2): timed directly inside the fit, the FFTs take only
+about 6 % longer than alone, but the element-wise kernels (0.5-0.65 ms per image) and the fixed
+work of an iteration (2-2.5 ms of Python, dispatch and Adam) weigh more against FFTs of that
+size.
 
 Run from the repository root::
 
