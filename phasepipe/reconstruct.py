@@ -390,7 +390,8 @@ def fit(
             with torch.no_grad():
                 defocus = np.array2string(params.defocus_nm().cpu().numpy(), precision=0)
             raise FitDiverged(
-                f"the fit diverged: misfit {history[bad]} at iteration {bad + 1} (defocus_nm {defocus}, "
+                f"the fit diverged: misfit {history[bad]} at iteration {bad + 1} of the "
+                f"{data.shape[1]} x {data.shape[2]} px fit (defocus_nm {defocus}, "
                 f"nominal {np.array2string(params.defocus_start_nm.cpu().numpy(), precision=0)}); check the "
                 "series' nominal defocus, pixel size and voltage, or lower the learning rates"
             )

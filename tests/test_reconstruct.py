@@ -440,7 +440,8 @@ def test_a_diverging_fit_stops_with_a_message_naming_the_iteration():
     model, params, data = float64_problem()
     options = {**reconstruct.DEFAULT_OPTIONS, "log_amplitude": reconstruct.ParameterOptions(lr=1e3)}
     settings = reconstruct.Settings(refine=("defocus",), max_iterations=50, options=options)
-    with pytest.raises(reconstruct.FitDiverged, match=r"misfit nan at iteration 2 \(defocus_nm \["):
+    message = r"misfit nan at iteration 2 of the 32 x 32 px fit \(defocus_nm \["
+    with pytest.raises(reconstruct.FitDiverged, match=message):
         reconstruct.fit(model, params, data, settings, tv_weight=1e-3)
 
 
