@@ -55,7 +55,8 @@ TV_WEIGHT_FLOOR = 5e-4
 
 
 class FitDiverged(RuntimeError):
-    """A fit's misfit became infinite or NaN: the message names the iteration and the defocus."""
+    """A fit's misfit became infinite or NaN: the message names the iteration, the canvas and the
+    defocus."""
 
 
 @dataclass(frozen=True)
@@ -497,8 +498,8 @@ def _uncertainty(model: ForwardModel, params: Parameters, data: torch.Tensor, se
     hess = torch.autograd.functional.hessian(misfit, flat).double()
     jac = torch.autograd.functional.jacobian(lambda vector: at(vector, microscope_values), flat).double()
     if not torch.isfinite(hess).all():
-        # A fit that ran far from its start (float32 images overflowing in the second
-        # derivatives): the maps are still the fit's, but its curvature says nothing.
+        # Seen once, on a fit whose defocus had run far from the truth (docs/physics.md): the maps
+        # are still the fit's to write, but a curvature that is not finite gives no std.
         log.warning("the loss curvature at the fitted parameters is not finite: their std are reported as NaN")
         refined = (jac != 0).any(dim=1)
         return torch.where(refined, torch.nan, 0.0).cpu().numpy()
