@@ -309,8 +309,9 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path, aligned_store):
 
 
 def test_a_diverged_tile_fails_its_series_naming_the_tile(tmp_path, aligned_store, monkeypatch):
-    """A tile whose fit diverges (an amplitude learning rate far too large) fails the series as
-    bad input does: a failed store whose error names the tile."""
+    """A tiled fit that diverges (an amplitude learning rate far too large) fails the series as
+    bad input does: a failed store whose error names where (here the binned overview, which is
+    fitted first; otherwise the tile)."""
     spec = simulate.SeriesSpec("s8", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
     store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
     monkeypatch.setitem(reconstruct.DEFAULT_OPTIONS, "log_amplitude", reconstruct.ParameterOptions(lr=1e3))
