@@ -27,8 +27,11 @@ Kernels are compiled by torch inductor on first use for each image size (eager w
 is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
 :func:`_join`): inductor's code for the (y, x, 2) float view is scalar on CPU, the 64-bit words
 keep loads and stores contiguous and vectorised, and the kernels read and write the FFTs' inputs
-and outputs directly. Kernel outputs go to buffers kept between iterations; the FFTs return fresh
-tensors (ATen's FFT with ``out=`` computes into a temporary and copies it).
+and outputs directly. The spectrum kernel returns fresh maps (written into kept buffers, inductor
+split it into two loops with temporaries between them: 30 % slower alone, 4 % per call of the
+misfit at 512^2); the other kernels write into buffers kept between iterations or over their
+input; the FFTs return fresh tensors (ATen's FFT with ``out=`` computes into a temporary and
+copies it).
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -101,8 +104,8 @@ def _wave(phase, log_amplitude, psi):
     psi.copy_(_join(amplitude * torch.cos(phase), amplitude * torch.sin(phase)))
 
 
-def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm, t_re, t_im, image):
-    """T R (planar) and S = Psi T R (into ``image``) from Psi (complex maps as int64 words).
+def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm):
+    """T R (planar, real and imaginary maps) and S = Psi T R (int64 words) from Psi (int64 words).
 
     T R = A exp(df e1 + df^2 e2) u_y u_x: A = exp(e0 + i p0) (:func:`physics.transfer_coefficients`)
     and the rest of the phase, exp(i (df p1 + shift angle)), separable into u_y (2, y) times
@@ -115,10 +118,8 @@ def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm, t_re, t_im, i
     u_im = uy_re * ux_im + uy_im * ux_re
     tr_re = magnitude * (a_re * u_re - a_im * u_im)
     tr_im = magnitude * (a_re * u_im + a_im * u_re)
-    t_re.copy_(tr_re)
-    t_im.copy_(tr_im)
     p_re, p_im = _split(psi)
-    image.copy_(_join(p_re * tr_re - p_im * tr_im, p_re * tr_im + p_im * tr_re))
+    return tr_re, tr_im, _join(p_re * tr_re - p_im * tr_im, p_re * tr_im + p_im * tr_re)
 
 
 def _residual(image, data, measured, count, weight):
@@ -263,13 +264,10 @@ class _Workspace:
         if sys.byteorder != "little":  # _split reads the real part from the low word
             raise RuntimeError("the fast path needs a little-endian machine")
         self.key = (shape, device)
-        self.t_re, self.t_im = (torch.empty(shape, device=device) for _ in range(2))
-        # Complex maps as the compiled kernels see them (_split): psi, an image's S, dL/dPsi.
-        self.psi, self.image, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(3))
+        # Complex maps as the compiled kernels see them (_split): psi and dL/dPsi.
+        self.psi, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(2))
         # The same memory as the FFTs take it (a view made once: see SeriesMisfit.forward's loop).
-        self.psi_complex, self.image_complex, self.h_sum_complex = (
-            x.view(torch.complex64) for x in (self.psi, self.image, self.h_sum)
-        )
+        self.psi_complex, self.h_sum_complex = (x.view(torch.complex64) for x in (self.psi, self.h_sum))
         self.maps: _Maps | None = None
         self.maps_key: tuple = ()
 
@@ -361,13 +359,13 @@ class SeriesMisfit:
         misfits, gradients = [], [torch.zeros(3, dtype=torch.float64, device=data.device)] * len(data)
         for k in [k for k, w in enumerate(weight.tolist()) if w != 0]:
             ramp_y_k, ramp_x_k, defocus_k, data_k, weight_k = per_image[k]
-            _SPECTRUM(spectrum, *maps.transfer, ramp_y_k, ramp_x_k, defocus_k, ws.t_re, ws.t_im, ws.image)
-            wave = torch.fft.ifft2(ws.image_complex)  # W_k
+            t_re, t_im, image = _SPECTRUM(spectrum, *maps.transfer, ramp_y_k, ramp_x_k, defocus_k)
+            wave = torch.fft.ifft2(image.view(torch.complex64))  # W_k
             misfits.append(_RESIDUAL(wave.view(torch.int64), data_k, self.measured, self.count, weight_k))
             if not needs_grad:
                 continue
             grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
-            gradients[k] = _ADJOINT(grad, spectrum, ws.t_re, ws.t_im, *maps.derivatives, defocus_k, ws.h_sum)
+            gradients[k] = _ADJOINT(grad, spectrum, t_re, t_im, *maps.derivatives, defocus_k, ws.h_sum)
         if needs_grad:
             gradients = torch.stack(gradients)
             # The adjoint of fft2 is the unnormalised inverse transform; without images, dL/dPsi = 0.
