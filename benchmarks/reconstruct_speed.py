@@ -32,7 +32,7 @@ docs/physics.md, "Differentiable reconstruction"); the host changed between the 
     1024  3   1.74-1.90, median 1.81            3.06-3.55
     1024  5   1.73-1.80, median 1.77            3.16-3.32
 
-On the later host the FFTs run 1.5-2 times faster alone, but about 1.6 times their time alone
+On the later host the FFTs run up to twice as fast alone, but about 1.6 times their time alone
 inside the fit, and the element-wise kernels did not speed up with them.
 
 Runs a minute apart differed by up to 0.2 on the earlier host, 0.5 on the later. Until 2026-12

@@ -27,11 +27,11 @@ Kernels are compiled by torch inductor on first use for each image size (eager w
 is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
 :func:`_join`): inductor's code for the (y, x, 2) float view is scalar on CPU, the 64-bit words
 keep loads and stores contiguous and vectorised, and the kernels read and write the FFTs' inputs
-and outputs directly. The spectrum kernel returns fresh maps (written into kept buffers, inductor
-split it into two loops with temporaries between them: 30 % slower alone, 4 % per call of the
-misfit at 512^2); the other kernels write into buffers kept between iterations or over their
-input; the FFTs return fresh tensors (ATen's FFT with ``out=`` computes into a temporary and
-copies it).
+and outputs directly. The spectrum kernel returns fresh maps: when it wrote them into kept
+buffers, inductor split it into two loops with temporaries between them (30 % slower alone, 4 %
+per call of the misfit at 512^2). The other kernels write into buffers kept between iterations
+or over their input; the FFTs return fresh tensors (ATen's FFT with ``out=`` computes into a
+temporary and copies it).
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.

@@ -385,9 +385,9 @@ def fit(
         if it % read_back and it < settings.max_iterations:
             continue
         history.extend(torch.stack(pending).tolist())
-        if not math.isfinite(history[-1]):
+        bad = next((k for k in range(len(history) - len(pending), len(history)) if not math.isfinite(history[k])), None)
+        if bad is not None:
             # Once NaN, every later step is NaN too: stop, rather than return maps of NaN.
-            bad = next(k for k in range(len(history) - len(pending), len(history)) if not math.isfinite(history[k]))
             with torch.no_grad():
                 defocus = np.array2string(params.defocus_nm().cpu().numpy(), precision=0)
             raise FitDiverged(
