@@ -31,7 +31,9 @@ and outputs directly. The spectrum kernel returns fresh maps: when it wrote them
 buffers, inductor split it into two loops with temporaries between them (30 % slower alone, 4 %
 per call of the misfit at 512^2). The other kernels write into buffers kept between iterations
 or over their input; the FFTs return fresh tensors (ATen's FFT with ``out=`` computes into a
-temporary and copies it).
+temporary and copies it). Fresh maps are cheaper where the allocator hands back memory just
+freed, still in cache: a 512^2 FFT whose output goes to memory out of cache takes 1.4-1.7 times
+as long. Each map is therefore freed as soon as it is dead (the misfit call 6-9 % faster).
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -359,13 +361,18 @@ class SeriesMisfit:
         misfits, gradients = [], [torch.zeros(3, dtype=torch.float64, device=data.device)] * len(data)
         for k in [k for k, w in enumerate(weight.tolist()) if w != 0]:
             ramp_y_k, ramp_x_k, defocus_k, data_k, weight_k = per_image[k]
+            # Each map is freed as soon as it is dead: the next fresh one (an FFT's output, the next
+            # image's spectrum) then reuses memory still in cache (module doc).
             t_re, t_im, image = _SPECTRUM(spectrum, *maps.transfer, ramp_y_k, ramp_x_k, defocus_k)
             wave = torch.fft.ifft2(image.view(torch.complex64))  # W_k
+            del image
             misfits.append(_RESIDUAL(wave.view(torch.int64), data_k, self.measured, self.count, weight_k))
             if not needs_grad:
                 continue
             grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
+            del wave
             gradients[k] = _ADJOINT(grad, spectrum, t_re, t_im, *maps.derivatives, defocus_k, ws.h_sum)
+            del grad, t_re, t_im
         if needs_grad:
             gradients = torch.stack(gradients)
             # The adjoint of fft2 is the unnormalised inverse transform; without images, dL/dPsi = 0.
