@@ -34,8 +34,8 @@ docs/physics.md, "Differentiable reconstruction"); the host changed between the 
 
 On the later host the FFTs run up to twice as fast alone, but about 1.6 times their time alone
 inside the fit, and the element-wise kernels did not speed up with them. Since the fast path
-frees each map as soon as it is dead (later on 2026-12-02, three runs): 3.15-3.43, 3.03-3.31,
-2.91-3.17, 3.08-3.12 (and 2.13 once, its FFTs timed 40 % slower than in the other runs).
+frees each map as soon as it is dead (later on 2026-12-02, five / three runs): 2.89-3.43,
+2.88-3.31, 2.91-3.17, 3.08-3.12 (and 2.13 once, its FFTs timed 40 % slower than in the other runs).
 
 Runs a minute apart differed by up to 0.2 on the earlier host, 0.5 on the later. Until 2026-12
 each timing ran a fit of 10 iterations and timed the call, whose last step (undoing 2 pi slips
