@@ -368,6 +368,7 @@ class SeriesMisfit:
             del image
             misfits.append(_RESIDUAL(wave.view(torch.int64), data_k, self.measured, self.count, weight_k))
             if not needs_grad:
+                del t_re, t_im, wave
                 continue
             grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
             del wave
