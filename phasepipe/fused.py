@@ -3,13 +3,14 @@
 Autograd through the forward model (:class:`phasepipe.reconstruct.ForwardModel`) spends most of an
 iteration on element-wise complex work: a full-size pass per operation and direction, fresh
 buffers, dtype promotions. :class:`SeriesMisfit` computes the misfit of a series and its gradient
-together, in the 2N + 2 FFTs they need, with three compiled kernels per image between them:
+together, in the 2N + 2 FFTs they need, with four kernels per image between them:
 
-- spectrum: S = Psi T R (psi's spectrum times the transfer function of :mod:`phasepipe.physics`
-  and the drift ramp). T R's phase is p0 + df p1 + the shift angle, and p1 = -pi lambda q^2 and
-  the shift angle are a function of qy plus one of qx: exp(i phase) is a fixed map times the
-  outer product of two vectors made per image, so a pixel costs one real exp (the coherence
-  envelopes, not separable) and no cos or sin;
+- transfer: T R, the transfer function of :mod:`phasepipe.physics` times the drift ramp. Its
+  phase is p0 + df p1 + the shift angle, and p1 = -pi lambda q^2 and the shift angle are a
+  function of qy plus one of qx: exp(i phase) is a fixed map times the outer product of two
+  vectors made per image, so a pixel costs one real exp (the coherence envelopes, not
+  separable) and no cos or sin;
+- multiply: S = Psi T R, Psi psi's spectrum;
 - residual, on W = F^-1 S: the image mean m over the measured pixels M and
   C = sum M r J (J = |W|^2 / m, r = J - D) from sums of |W|^2, |W|^4 and D |W|^2 in one pass;
   the misfit and F^-1[dL/dS] = a M (r - C / P_M) W (the mean normalisation's term included)
@@ -23,17 +24,20 @@ cache; images of weight 0 (not yet admitted by the defocus continuation) are ski
 variation penalty's value and gradient are made in the pass that turns dL/dpsi into the phase's
 gradient: the loss of a fit comes out whole, with no further pass or autograd node.
 
-Kernels are compiled by torch inductor on first use for each image size (eager where compilation
-is unavailable). They see complex maps as one int64 word per pixel (:func:`_split`,
-:func:`_join`): inductor's code for the (y, x, 2) float view is scalar on CPU, the 64-bit words
-keep loads and stores contiguous and vectorised, and the kernels read and write the FFTs' inputs
-and outputs directly. The spectrum kernel returns fresh maps: when it wrote them into kept
-buffers, inductor split it into two loops with temporaries between them (30 % slower alone, 4 %
-per call of the misfit at 512^2). The other kernels write into buffers kept between iterations
-or over their input; the FFTs return fresh tensors (ATen's FFT with ``out=`` computes into a
-temporary and copies it). Fresh maps are cheaper where the allocator hands back memory just
-freed, still in cache: a 512^2 FFT whose output goes to memory out of cache takes 1.4-1.7 times
-as long. Each map is therefore freed as soon as it is dead (the misfit call 6-9 % faster).
+The kernels on complex maps are numba loops over their (y, x, 2) float32 view (:func:`_pairs`),
+compiled once per process for every image size (cached on disk), and released from the GIL.
+Torch inductor, which compiled them before, writes scalar or slow code for complex data on AVX2
+machines (the (y, x, 2) view, or the maps seen as int64 words split by bit operations, which
+were fast on an AVX-512 Xeon): on a 2-core AMD EPYC (AVX2), 512^2, the adjoint took 3.5 ms
+compiled by inductor against 1.0 ms by numba, the misfit's kernels 6.9 ms per image against
+2.7 ms. The two kernels of real maps that need exp, cos and sin (transfer; the wave
+exp(log a + i phi)) stay inductor's, whose vectorised transcendental functions numba lacks
+(without Intel's SVML); they are compiled on first use for each image size (eager where
+compilation is unavailable) and return fresh maps. The numba kernels write into buffers kept
+between iterations or over their input; the FFTs return fresh tensors (ATen's FFT with ``out=``
+computes into a temporary and copies it). Fresh maps are cheaper where the allocator hands back
+memory just freed, still in cache: a 512^2 FFT whose output goes to memory out of cache takes
+1.4-1.7 times as long. Each map is therefore freed as soon as it is dead.
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -42,9 +46,10 @@ Hessian) and float64 models use autograd through the forward model instead.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 
+import numba
+import numpy as np
 import torch
 
 from phasepipe import physics
@@ -52,8 +57,12 @@ from phasepipe import physics
 log = logging.getLogger(__name__)
 
 
-RECOMPILE_LIMIT = 64  # image sizes compiled per kernel and process
+RECOMPILE_LIMIT = 64  # image sizes compiled per inductor kernel and process
 TV_EPS = 1e-3  # smoothing of the total variation's norm, rad per px
+
+# Contracted multiply-adds and reordered sums (so that LLVM vectorises the reductions); NaN and inf
+# keep their meaning, so that a diverging fit is still seen as one.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "reassoc", "nsz"})
 
 
 class _Kernel:
@@ -85,29 +94,21 @@ class _Kernel:
         return self.run(*args)
 
 
-def _split(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts of a complex64 map seen as int64 (``z.view(torch.int64)``).
-
-    Inductor's code for the strided (y, x, 2) view of complex data is scalar on CPU; one 64-bit
-    word per pixel, split by bit operations, keeps every load contiguous and vectorised. The real
-    part is the low word (little-endian, checked in :class:`_Workspace`).
-    """
-    return bits.to(torch.int32).view(torch.float32), (bits >> 32).to(torch.int32).view(torch.float32)
+def _pairs(z: torch.Tensor) -> np.ndarray:
+    """The complex64 map ``z`` (y, x) as the float32 array (y, x, 2) of its real and imaginary
+    parts, sharing its memory: the form the numba kernels read and write."""
+    return torch.view_as_real(z).numpy()
 
 
-def _join(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
-    """The int64 words of the complex64 map re + i im (inverse of :func:`_split`)."""
-    return (im.view(torch.int32).to(torch.int64) << 32) | (re.view(torch.int32).to(torch.int64) & 0xFFFFFFFF)
-
-
-def _wave(phase, log_amplitude, psi):
-    """psi = exp(log_amplitude + i phase) into the complex map ``psi`` (int64 words)."""
+def _wave(phase, log_amplitude):
+    """Real and imaginary parts of psi = exp(log_amplitude + i phase) (inductor: vectorised exp,
+    cos and sin)."""
     amplitude = torch.exp(log_amplitude)
-    psi.copy_(_join(amplitude * torch.cos(phase), amplitude * torch.sin(phase)))
+    return amplitude * torch.cos(phase), amplitude * torch.sin(phase)
 
 
-def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm):
-    """T R (planar, real and imaginary maps) and S = Psi T R (int64 words) from Psi (int64 words).
+def _transfer(a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm):
+    """T R of one image, real and imaginary maps (inductor: a vectorised exp per pixel).
 
     T R = A exp(df e1 + df^2 e2) u_y u_x: A = exp(e0 + i p0) (:func:`physics.transfer_coefficients`)
     and the rest of the phase, exp(i (df p1 + shift angle)), separable into u_y (2, y) times
@@ -118,107 +119,158 @@ def _spectrum(psi, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm):
     uy_re, uy_im, ux_re, ux_im = ramp_y[0, :, None], ramp_y[1, :, None], ramp_x[0], ramp_x[1]
     u_re = uy_re * ux_re - uy_im * ux_im
     u_im = uy_re * ux_im + uy_im * ux_re
-    tr_re = magnitude * (a_re * u_re - a_im * u_im)
-    tr_im = magnitude * (a_re * u_im + a_im * u_re)
-    p_re, p_im = _split(psi)
-    return tr_re, tr_im, _join(p_re * tr_re - p_im * tr_im, p_re * tr_im + p_im * tr_re)
+    return magnitude * (a_re * u_re - a_im * u_im), magnitude * (a_re * u_im + a_im * u_re)
 
 
-def _residual(image, data, measured, count, weight):
-    """Misfit term of one image; F^-1[dL/dS] written over W = ``image`` (int64 words).
+@_jit
+def _interleave(re, im, out):
+    """out (y, x, 2) = re + i im."""
+    for y in range(re.shape[0]):
+        for x in range(re.shape[1]):
+            out[y, x, 0] = re[y, x]
+            out[y, x, 1] = im[y, x]
 
-    With I = |W|^2, M the measured pixels (``measured``, None: all) and P_M = ``count`` of them:
+
+@_jit
+def _multiply(spectrum, t_re, t_im, out):
+    """out = S = Psi T R, all (y, x, 2) but T R, given as real and imaginary maps."""
+    for y in range(t_re.shape[0]):
+        for x in range(t_re.shape[1]):
+            p_re, p_im, tr, ti = spectrum[y, x, 0], spectrum[y, x, 1], t_re[y, x], t_im[y, x]
+            out[y, x, 0] = p_re * tr - p_im * ti
+            out[y, x, 1] = p_re * ti + p_im * tr
+
+
+@_jit
+def _residual(wave, data, measured, count, weight):
+    """Misfit term of one image; F^-1[dL/dS] written over W = ``wave`` (y, x, 2).
+
+    With I = |W|^2, M the measured pixels (``measured``, 1 or 0) and P_M = ``count`` of them:
     m = sum M I / P_M, J = I / m, r = J - D, L = w sum M r^2 / P_M and
     dL/dW = 4 w M (r - C / P_M) W / (P_M m) with C = sum M r J. L and C are polynomials in 1 / m
     of S1 = sum M I, S2 = sum M I^2, S3 = sum M D I and S4 = sum M D^2, sums that need no m: one
     pass over W finds them, a second writes the gradient. The 1 / P of F^-1's adjoint is folded in.
     """
-    w_re, w_im = _split(image)
-    intensity = w_re * w_re + w_im * w_im
-    weighted, data_weighted = (intensity, data) if measured is None else (measured * intensity, measured * data)
+    height, width = data.shape
     # float64 products and sums: L and C are small differences of sums of the size of P_M.
-    intensity64, data64 = intensity.double(), data.double()
-    s1, s2 = weighted.double().sum(), (weighted.double() * intensity64).sum()
-    s3, s4 = (data_weighted.double() * intensity64).sum(), (data_weighted.double() * data64).sum()
+    s1 = s2 = s3 = s4 = 0.0
+    for y in range(height):
+        for x in range(width):
+            w_re, w_im = wave[y, x, 0], wave[y, x, 1]
+            intensity, d, m = np.float64(w_re * w_re + w_im * w_im), np.float64(data[y, x]), measured[y, x]
+            s1 += m * intensity
+            s2 += m * intensity * intensity
+            s3 += m * d * intensity
+            s4 += m * d * d
     mean = s1 / count
     cross = s2 / mean**2 - s3 / mean
-    misfit = weight.double() * (cross - s3 / mean + s4) / count  # sum M (J - D)^2 = C - sum M D J + S4
-    scale = (4 * weight / (data.numel() * count * mean)).float()
-    gradient = intensity / mean.float() - data - (cross / count).float()
-    gradient = scale * (gradient if measured is None else measured * gradient)
-    image.copy_(_join(gradient * w_re, gradient * w_im))
+    misfit = weight * (cross - s3 / mean + s4) / count  # sum M (J - D)^2 = C - sum M D J + S4
+    scale = np.float32(4 * weight / (height * width * count * mean))
+    mean32, shift = np.float32(mean), np.float32(cross / count)
+    for y in range(height):
+        for x in range(width):
+            w_re, w_im = wave[y, x, 0], wave[y, x, 1]
+            g = scale * measured[y, x] * ((w_re * w_re + w_im * w_im) / mean32 - data[y, x] - shift)
+            wave[y, x, 0] = g * w_re
+            wave[y, x, 1] = g * w_im
     return misfit
 
 
-def _adjoint(grad, psi, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
+@_jit
+def _adjoint(grad, spectrum, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
     """h = conj(T R) G added to ``h_sum``; the gradients of the image's defocus and shift (y, x).
-    G = dL/dS, Psi and h_sum are complex maps as int64 words.
+    G = dL/dS, S = ``spectrum`` and h_sum are (y, x, 2).
 
     dL/d theta = Re sum conj(G) S d log(T R)/d theta, S = Psi T R:
     d log T/d df = e1 + 2 e2 df + i p1 (:func:`physics.transfer_log_derivative`), and
     d log R/d shift = i times the shift angle of a unit shift (``along_y``, ``along_x``).
-    p1 = p1_y + p1_x and the unit shift angles are given as a column (y, 1) and a row (1, x):
-    full maps would be read from memory for each image.
+    p1 = p1_y + p1_x and the unit shift angles are given as vectors along y and x: full maps
+    would be read from memory for each image.
     """
-    g_re, g_im = _split(grad)
-    h_re, h_im = _split(h_sum)
-    h_sum.copy_(_join(h_re + t_re * g_re + t_im * g_im, h_im + t_re * g_im - t_im * g_re))
-    p_re, p_im = _split(psi)
-    s_re = p_re * t_re - p_im * t_im
-    s_im = p_re * t_im + p_im * t_re
-    # float32 sums (a fifth faster than float64 here): a gradient needs no more than float32's
-    # relative precision; the misfit's sums (_residual) do.
-    c_re = g_re * s_re + g_im * s_im
-    c_im = g_re * s_im - g_im * s_re
-    d_defocus = (c_re * (e1 + 2 * defocus_nm * e2) - c_im * (p1_y + p1_x)).sum()
-    return torch.stack([d_defocus, -(c_im * along_y).sum(), -(c_im * along_x).sum()]).double()
+    d_defocus = d_y = d_x = 0.0
+    twice_defocus = 2 * defocus_nm
+    for y in range(t_re.shape[0]):
+        # float32 sums along a row (vectorised), float64 across rows.
+        row_defocus = row_y = row_x = np.float32(0)
+        for x in range(t_re.shape[1]):
+            g_re, g_im, tr, ti = grad[y, x, 0], grad[y, x, 1], t_re[y, x], t_im[y, x]
+            h_sum[y, x, 0] += tr * g_re + ti * g_im
+            h_sum[y, x, 1] += tr * g_im - ti * g_re
+            s_re, s_im = spectrum[y, x, 0], spectrum[y, x, 1]
+            c_re = g_re * s_re + g_im * s_im
+            c_im = g_re * s_im - g_im * s_re
+            row_defocus += c_re * (e1[y, x] + twice_defocus * e2[y, x]) - c_im * (p1_y[y] + p1_x[x])
+            row_y += c_im
+            row_x += c_im * along_x[x]
+        d_defocus += row_defocus
+        d_y += row_y * along_y[y]
+        d_x += row_x
+    return d_defocus, -d_y, -d_x
 
 
-def _object_gradient(grad_wave, psi, phase, tv_weight, eps: float):
-    """dL/dphi = Re(conj(g) i psi) + tv_weight dTV/dphi and dL/d(log a) = Re(conj(g) psi) for
-    g = dL/dpsi (g and psi int64 words); TV(phase), in the same pass over the maps."""
-    g_re, g_im = _split(grad_wave)
-    psi_re, psi_im = _split(psi)
-    tv, tv_gradient = _total_variation(phase, eps)
-    return g_im * psi_re - g_re * psi_im + tv_weight * tv_gradient, g_re * psi_re + g_im * psi_im, tv
+@_jit
+def _normalised_row(phase, y, eps, dy_norm, dx_norm):
+    """Backward differences of the (periodic) phase along y and x on row ``y``, each divided by
+    their smoothed norm sqrt(dy^2 + dx^2 + eps^2), into ``dy_norm`` and ``dx_norm``; the sum of
+    the norms along the row."""
+    height, width = phase.shape
+    above = phase[y - 1 if y > 0 else height - 1]
+    row = phase[y]
+    total = np.float32(0)
+    eps2 = eps * eps
+    for x in range(width):
+        dy = row[x] - above[x]
+        dx = row[x] - row[x - 1 if x > 0 else width - 1]
+        norm = np.sqrt(dy * dy + dx * dx + eps2)
+        dy_norm[x] = dy / norm
+        dx_norm[x] = dx / norm
+        total += norm
+    return total
 
 
-def _total_variation(phase, eps: float):
-    """Isotropic, smoothed, periodic total variation (mean over pixels) and its gradient.
+@_jit
+def _total_variation(phase, eps, gradient):
+    """Isotropic, smoothed, periodic total variation (mean over pixels), its gradient into
+    ``gradient``.
 
     The gradient at a pixel needs the normalised differences at its neighbours below and to the
-    right too: they are made again here from slices of the phase padded periodically by one
-    pixel, rather than stored as maps and read back shifted. Inductor's code for the object
-    gradient then holds two temporary maps (the padding's) instead of four, and takes an eighth
-    less time at 512^2.
+    right too: they are made a row ahead and kept for two rows, not as maps.
     """
     height, width = phase.shape
-    padded = torch.cat([phase[-1:], phase, phase[:1]], 0)
-    padded = torch.cat([padded[:, -1:], padded, padded[:, :1]], 1)
+    eps = np.float32(eps)
+    scale = np.float32(1 / (height * width))
+    dy_norm, dx_norm = np.empty(width, np.float32), np.empty(width, np.float32)
+    below_dy, below_dx = np.empty(width, np.float32), np.empty(width, np.float32)
+    total = np.float64(_normalised_row(phase, 0, eps, dy_norm, dx_norm))
+    for y in range(height):
+        below = y + 1 if y + 1 < height else 0
+        row_total = _normalised_row(phase, below, eps, below_dy, below_dx)
+        if below:
+            total += row_total
+        for x in range(width):
+            right = x + 1 if x + 1 < width else 0
+            gradient[y, x] = scale * (dy_norm[x] + dx_norm[x] - below_dy[x] - dx_norm[right])
+        dy_norm, dx_norm, below_dy, below_dx = below_dy, below_dx, dy_norm, dx_norm
+    return total / (height * width)
 
-    def shifted(dy: int, dx: int):
-        """phase[y + dy, x + dx], periodically."""
-        return padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
 
-    def normalised(y: int, x: int):
-        """Backward differences along y and x at the pixel (y, x) away, and their smoothed norm."""
-        centre = shifted(y, x)
-        dy, dx = centre - shifted(y - 1, x), centre - shifted(y, x - 1)
-        return dy, dx, torch.sqrt(dy * dy + dx * dx + eps**2)
-
-    dy, dx, norm = normalised(0, 0)
-    below_dy, _, below_norm = normalised(1, 0)
-    _, right_dx, right_norm = normalised(0, 1)
-    gradient = (dy / norm + dx / norm - below_dy / below_norm - right_dx / right_norm) / phase.numel()
-    return norm.mean(), gradient
+@_jit
+def _object_gradient(grad_wave, psi, phase, tv_weight, eps, d_phase, d_log_amplitude):
+    """dL/dphi = Re(conj(g) i psi) + tv_weight dTV/dphi into ``d_phase`` and
+    dL/d(log a) = Re(conj(g) psi) into ``d_log_amplitude``, for g = dL/dpsi (g and psi (y, x, 2));
+    returns TV(phase)."""
+    tv = _total_variation(phase, eps, d_phase)
+    weight = np.float32(tv_weight)
+    for y in range(phase.shape[0]):
+        for x in range(phase.shape[1]):
+            g_re, g_im, p_re, p_im = grad_wave[y, x, 0], grad_wave[y, x, 1], psi[y, x, 0], psi[y, x, 1]
+            d_phase[y, x] = g_im * p_re - g_re * p_im + weight * d_phase[y, x]
+            d_log_amplitude[y, x] = g_re * p_re + g_im * p_im
+    return tv
 
 
 _WAVE = _Kernel(_wave)
-_SPECTRUM = _Kernel(_spectrum)
-_RESIDUAL = _Kernel(_residual)
-_ADJOINT = _Kernel(_adjoint)
-_OBJECT_GRADIENT = _Kernel(_object_gradient)
-_TOTAL_VARIATION = _Kernel(_total_variation)
+_TRANSFER = _Kernel(_transfer)
 
 
 class _Maps:
@@ -232,44 +284,36 @@ class _Maps:
         unit = torch.eye(2, dtype=torch.float64)
         along_y = physics.shift_angle(qy, qx, unit[0], pixel_size_nm)
         along_x = physics.shift_angle(qy, qx, unit[1], pixel_size_nm)
-        # T R's fixed parts (_spectrum): A = exp(e0 + i p0), real and imaginary, e1 and e2.
+        # T R's fixed parts (_transfer): A = exp(e0 + i p0), real and imaginary, e1 and e2.
         self.transfer = tuple(x.float() for x in (amplitude * torch.cos(p0), amplitude * torch.sin(p0), e1, e2))
         # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
         # in the first row and column, which hold them.
-        self.vectors = (p1[:, 0], p1[0], along_y[:, 0], along_x[0])
-        # d log(T R)/d theta: e1 and e2 (defocus, real part), p1 (defocus, imaginary) as a column
-        # plus a row, unit shifts (a column and a row).
-        p1_y, p1_x, along_y, along_x = (v.float() for v in self.vectors)
-        self.derivatives = (*self.transfer[2:], p1_y[:, None], p1_x[None], along_y[:, None], along_x[None])
+        self.vectors = tuple(v.numpy() for v in (p1[:, 0], p1[0], along_y[:, 0], along_x[0]))
+        # d log(T R)/d theta (_adjoint): e1 and e2 (defocus, real part), p1 (defocus, imaginary) as
+        # a vector along y plus one along x, unit shifts (along y and x).
+        self.derivatives = (
+            *(x.numpy() for x in self.transfer[2:]),
+            *(v.astype(np.float32) for v in self.vectors),
+        )
 
     def ramps(self, defocus_nm: torch.Tensor, shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u_y (N, 2, y) and u_x (N, 2, x), real and imaginary parts: exp(i (df p1 + shift angle))
         = u_y u_x, per image."""
-        return _RAMPS(defocus_nm.double(), shifts_px.double(), *self.vectors)
-
-
-def _ramps(defocus_nm, shifts_px, p1_y, p1_x, along_y, along_x):
-    """:meth:`_Maps.ramps` in one compiled call (a dozen small operations otherwise)."""
-    defocus = defocus_nm[:, None]
-    angle_y = defocus * p1_y + shifts_px[:, :1] * along_y
-    angle_x = defocus * p1_x + shifts_px[:, 1:] * along_x
-    return tuple(torch.stack([a.cos(), a.sin()], 1).float() for a in (angle_y, angle_x))
-
-
-_RAMPS = _Kernel(_ramps)
+        p1_y, p1_x, along_y, along_x = self.vectors
+        defocus = defocus_nm.double().numpy()[:, None]
+        shifts = shifts_px.double().numpy()
+        angles = (defocus * p1_y + shifts[:, :1] * along_y, defocus * p1_x + shifts[:, 1:] * along_x)
+        return tuple(torch.from_numpy(np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32)) for a in angles)
 
 
 class _Workspace:
     """Buffers of one image shape for the kernels' outputs, reused by every image and iteration."""
 
     def __init__(self, shape: tuple[int, int], device: torch.device):
-        if sys.byteorder != "little":  # _split reads the real part from the low word
-            raise RuntimeError("the fast path needs a little-endian machine")
         self.key = (shape, device)
-        # Complex maps as the compiled kernels see them (_split): psi and dL/dPsi.
-        self.psi, self.h_sum = (torch.empty(shape, dtype=torch.int64, device=device) for _ in range(2))
-        # The same memory as the FFTs take it (a view made once: see SeriesMisfit.forward's loop).
-        self.psi_complex, self.h_sum_complex = (x.view(torch.complex64) for x in (self.psi, self.h_sum))
+        # psi, S = Psi T R and dL/dPsi, and the same memory as the numba kernels see it (_pairs).
+        self.psi, self.spectrum, self.h_sum = (torch.empty(shape, dtype=torch.complex64) for _ in range(3))
+        self.psi_pairs, self.spectrum_pairs, self.h_sum_pairs = map(_pairs, (self.psi, self.spectrum, self.h_sum))
         self.maps: _Maps | None = None
         self.maps_key: tuple = ()
 
@@ -296,9 +340,10 @@ class SeriesMisfit:
     ):
         self.qy, self.qx = qy, qx
         self.wavelength_nm, self.cs_nm, self.pixel_size_nm = wavelength_nm, cs_nm, pixel_size_nm
-        self.measured = measured
-        count = qy.numel() * qx.numel() if measured is None else measured.sum()
-        self.count = torch.as_tensor(count, dtype=torch.float64, device=qy.device)
+        shape = (qy.numel(), qx.numel())
+        # All pixels measured: a map of ones (one more read per pass) keeps one compiled kernel.
+        self.measured = np.ones(shape, np.float32) if measured is None else measured.cpu().numpy()
+        self.count = float(self.measured.sum(dtype=np.float64))
         self._workspace: _Workspace | None = None
 
     def __call__(
@@ -345,49 +390,53 @@ class SeriesMisfit:
         cache.
         """
         maps = ws.maps
-        # FFTs into fresh tensors (module doc); kernels write W's gradient over W.
         phase = phase.detach()
-        _WAVE(phase, log_amplitude.detach(), ws.psi)
-        spectrum = torch.fft.fft2(ws.psi_complex).view(torch.int64)
-        defocus = defocus_nm.detach().float()
-        ramp_y, ramp_x = maps.ramps(defocus_nm.detach(), shifts_px.detach())
+        _interleave(*(x.numpy() for x in _WAVE(phase, log_amplitude.detach())), ws.psi_pairs)
+        spectrum = torch.fft.fft2(ws.psi)
+        spectrum_pairs = _pairs(spectrum)
+        defocus = defocus_nm.detach()
+        ramp_y, ramp_x = maps.ramps(defocus, shifts_px.detach())
         needs_grad = any(ctx.needs_input_grad[:4])
         ws.h_sum.zero_()
         # Every image's views made before the loop: a small operation right after an FFT costs
         # several times what it does alone (the FFT has evicted the interpreter's working set).
         per_image = list(
-            zip(ramp_y.unbind(), ramp_x.unbind(), defocus.unbind(), data.unbind(), weight.unbind(), strict=True)
+            zip(ramp_y.unbind(), ramp_x.unbind(), defocus.float().unbind(), data.numpy(), weight.tolist(), strict=True)
         )
-        misfits, gradients = [], [torch.zeros(3, dtype=torch.float64, device=data.device)] * len(data)
+        misfits, gradients = [], [(0.0, 0.0, 0.0)] * len(data)
         for k in [k for k, w in enumerate(weight.tolist()) if w != 0]:
             ramp_y_k, ramp_x_k, defocus_k, data_k, weight_k = per_image[k]
-            # Each map is freed as soon as it is dead: the next fresh one (an FFT's output, the next
-            # image's spectrum) then reuses memory still in cache (module doc).
-            t_re, t_im, image = _SPECTRUM(spectrum, *maps.transfer, ramp_y_k, ramp_x_k, defocus_k)
-            wave = torch.fft.ifft2(image.view(torch.complex64))  # W_k
-            del image
-            misfits.append(_RESIDUAL(wave.view(torch.int64), data_k, self.measured, self.count, weight_k))
+            # Each map is freed as soon as it is dead: the next fresh one (an FFT's output) then
+            # reuses memory still in cache (module doc).
+            t_re, t_im = _TRANSFER(*maps.transfer, ramp_y_k, ramp_x_k, defocus_k)
+            t_re, t_im = t_re.numpy(), t_im.numpy()
+            _multiply(spectrum_pairs, t_re, t_im, ws.spectrum_pairs)
+            wave = torch.fft.ifft2(ws.spectrum)  # W_k
+            misfits.append(_residual(_pairs(wave), data_k, self.measured, self.count, weight_k))
             if not needs_grad:
                 del t_re, t_im, wave
                 continue
-            grad = torch.fft.fft2(wave).view(torch.int64)  # dL/dS_k
+            grad = torch.fft.fft2(wave)  # dL/dS_k
             del wave
-            gradients[k] = _ADJOINT(grad, spectrum, t_re, t_im, *maps.derivatives, defocus_k, ws.h_sum)
+            gradients[k] = _adjoint(
+                _pairs(grad), ws.spectrum_pairs, t_re, t_im, *maps.derivatives, np.float32(defocus_k), ws.h_sum_pairs
+            )
             del grad, t_re, t_im
         if needs_grad:
-            gradients = torch.stack(gradients)
+            gradients = torch.tensor(gradients, dtype=torch.float64)
             # The adjoint of fft2 is the unnormalised inverse transform; without images, dL/dPsi = 0.
-            h_psi = torch.fft.ifft2(ws.h_sum_complex, norm="forward").view(torch.int64)
-            # The weight as a tensor: a float would be compiled in as a constant, once per value.
-            weight_tv = torch.as_tensor(tv_weight, dtype=phase.dtype, device=phase.device)
-            d_phase, d_log_amplitude, tv = _OBJECT_GRADIENT(h_psi, ws.psi, phase, weight_tv, TV_EPS)
+            h_psi = torch.fft.ifft2(ws.h_sum, norm="forward")
+            d_phase, d_log_amplitude = torch.empty_like(phase), torch.empty_like(phase)
+            tv = _object_gradient(
+                _pairs(h_psi), ws.psi_pairs, phase.numpy(), tv_weight, TV_EPS, d_phase.numpy(), d_log_amplitude.numpy()
+            )
             d_defocus = gradients[:, 0].to(defocus_nm.dtype)
             d_shift = gradients[:, 1:].to(shifts_px.dtype)
             ctx.save_for_backward(d_phase, d_log_amplitude, d_defocus, d_shift)
         else:
-            tv = _TOTAL_VARIATION(phase, TV_EPS)[0]
-        misfit = torch.stack(misfits).sum().float() if misfits else torch.zeros((), device=data.device)
-        return misfit + tv_weight * tv, misfit
+            tv = _total_variation(phase.numpy(), TV_EPS, np.empty(phase.shape, np.float32))
+        misfit = torch.tensor(sum(misfits), dtype=torch.float32)
+        return misfit + tv_weight * torch.tensor(tv, dtype=torch.float32), misfit
 
 
 class _SeriesMisfitFunction(torch.autograd.Function):
@@ -410,11 +459,14 @@ class _SeriesMisfitFunction(torch.autograd.Function):
 
 
 class _TotalVariationFunction(torch.autograd.Function):
+    """:func:`_total_variation` of a CPU float32 phase, its analytic gradient kept for the backward."""
+
     @staticmethod
     def forward(ctx, phase, eps):
-        value, gradient = _TOTAL_VARIATION(phase.detach(), eps)
+        gradient = torch.empty_like(phase)
+        value = _total_variation(phase.detach().numpy(), eps, gradient.numpy())
         ctx.save_for_backward(gradient)
-        return value
+        return torch.tensor(value, dtype=phase.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -423,6 +475,11 @@ class _TotalVariationFunction(torch.autograd.Function):
 
 
 def total_variation(phase: torch.Tensor, eps: float = TV_EPS) -> torch.Tensor:
-    """Isotropic, slightly smoothed, periodic total variation (mean over pixels), with an analytic
-    first-order gradient: mean(sqrt(dy^2 + dx^2 + eps^2)), dy and dx backward differences."""
-    return _TotalVariationFunction.apply(phase, eps)
+    """Isotropic, slightly smoothed, periodic total variation (mean over pixels):
+    mean(sqrt(dy^2 + dx^2 + eps^2)), dy and dx backward differences. A CPU float32 phase takes the
+    numba kernel with its analytic gradient; others (float64, a GPU's) the formula, by autograd."""
+    if phase.device.type == "cpu" and phase.dtype == torch.float32:
+        return _TotalVariationFunction.apply(phase, eps)
+    dy = phase - torch.roll(phase, 1, 0)
+    dx = phase - torch.roll(phase, 1, 1)
+    return torch.sqrt(dy * dy + dx * dx + eps**2).mean()
