@@ -10,7 +10,7 @@ workflow runs a reconstruction job per core):
 * an iteration of :func:`phasepipe.reconstruct.fit` on a simulated series (refine: defocus, every
   image in the misfit): misfit, TV penalty, their gradients and the optimiser steps. With the
   coherence fixed this is the fast path (:mod:`phasepipe.fused`, docs/physics.md): misfit and
-  gradient in one pass over the series, compiled element-wise kernels between the FFTs. Its FFTs:
+  gradient in one pass over the series, compiled (numba, inductor) kernels between the FFTs. Its FFTs:
   one of the exit wave, N inverse ones for the images, N for their gradients and one inverse
   back to the object;
 * baseline: 2N + 2 complex64 FFTs (``torch.fft.fft2`` / ``ifft2``) of one image each, the same
@@ -36,6 +36,9 @@ On the later host the FFTs run up to twice as fast alone, but about 1.6 times th
 inside the fit, and the element-wise kernels did not speed up with them. Since the fast path
 frees each map as soon as it is dead (later on 2026-12-02, five / three runs): 2.89-3.43,
 2.88-3.31, 2.91-3.17, 3.08-3.12 (and 2.13 once, its FFTs timed 40 % slower than in the other runs).
+On a 2-core AMD EPYC (AVX2), later that day: 2.69 / 3.26 at 512^2 with inductor's kernels, then
+with the complex kernels in numba (:mod:`phasepipe.fused`) 1.97-2.01 / 2.04-2.29 at 512^2 over four
+runs and 1.79 / 1.62 at 1024^2.
 
 Runs a minute apart differed by up to 0.2 on the earlier host, 0.5 on the later. Until 2026-12
 each timing ran a fit of 10 iterations and timed the call, whose last step (undoing 2 pi slips
