@@ -3,14 +3,13 @@
 Autograd through the forward model (:class:`phasepipe.reconstruct.ForwardModel`) spends most of an
 iteration on element-wise complex work: a full-size pass per operation and direction, fresh
 buffers, dtype promotions. :class:`SeriesMisfit` computes the misfit of a series and its gradient
-together, in the 2N + 2 FFTs they need, with four kernels per image between them:
+together, in the 2N + 2 FFTs they need, with three kernels per image between them:
 
-- transfer: T R, the transfer function of :mod:`phasepipe.physics` times the drift ramp. Its
-  phase is p0 + df p1 + the shift angle, and p1 = -pi lambda q^2 and the shift angle are a
-  function of qy plus one of qx: exp(i phase) is a fixed map times the outer product of two
-  vectors made per image, so a pixel costs one real exp (the coherence envelopes, not
-  separable) and no cos or sin;
-- multiply: S = Psi T R, Psi psi's spectrum;
+- spectrum: T R, the transfer function of :mod:`phasepipe.physics` times the drift ramp, and
+  S = Psi T R, Psi psi's spectrum. T R's phase is p0 + df p1 + the shift angle, and
+  p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx: exp(i phase) is a
+  fixed map times the outer product of two vectors made per image, so a pixel costs one real exp
+  (the coherence envelopes, not separable) and no cos or sin;
 - residual, on W = F^-1 S: the image mean m over the measured pixels M and
   C = sum M r J (J = |W|^2 / m, r = J - D) from sums of |W|^2, |W|^4 and D |W|^2 in one pass;
   the misfit and F^-1[dL/dS] = a M (r - C / P_M) W (the mean normalisation's term included)
@@ -24,20 +23,19 @@ cache; images of weight 0 (not yet admitted by the defocus continuation) are ski
 variation penalty's value and gradient are made in the pass that turns dL/dpsi into the phase's
 gradient: the loss of a fit comes out whole, with no further pass or autograd node.
 
-The kernels on complex maps are numba loops over their (y, x, 2) float32 view (:func:`_pairs`),
-compiled once per process for every image size (cached on disk), and released from the GIL.
-Torch inductor, which compiled them before, writes scalar or slow code for complex data on AVX2
-machines (the (y, x, 2) view, or the maps seen as int64 words split by bit operations, which
-were fast on an AVX-512 Xeon): on a 2-core AMD EPYC (AVX2), 512^2, the adjoint took 3.5 ms
-compiled by inductor against 1.0 ms by numba, the misfit's kernels 6.9 ms per image against
-2.7 ms. The two kernels of real maps that need exp, cos and sin (transfer; the wave
-exp(log a + i phi)) stay inductor's, whose vectorised transcendental functions numba lacks
-(without Intel's SVML); they are compiled on first use for each image size (eager where
-compilation is unavailable) and return fresh maps. The numba kernels write into buffers kept
-between iterations or over their input; the FFTs return fresh tensors (ATen's FFT with ``out=``
-computes into a temporary and copies it). Fresh maps are cheaper where the allocator hands back
-memory just freed, still in cache: a 512^2 FFT whose output goes to memory out of cache takes
-1.4-1.7 times as long. Each map is therefore freed as soon as it is dead.
+The kernels are numba loops, over complex maps' (y, x, 2) float32 view (:func:`_pairs`),
+compiled once per process for every image size (cached on disk), and released from the GIL; exp,
+cos and sin are float32 polynomials that LLVM vectorises (:func:`_exp_row`, :func:`_cos_sin`).
+Until 2026-12-02 torch inductor compiled them, once per image size, but it writes scalar or slow
+code for complex data on AVX2 machines (the (y, x, 2) view, or the maps seen as int64 words split
+by bit operations, which were fast on an AVX-512 Xeon): on a 2-core AMD EPYC (AVX2), 512^2, the
+adjoint took 3.5 ms compiled by inductor against 1.0 ms by numba, the misfit's kernels 6.9 ms per
+image against 2.7 ms; T R and S 0.83 ms against 0.55-0.67 once numba made the exp as well. The
+kernels write into buffers kept between iterations or over their input; the FFTs return fresh
+tensors (ATen's FFT with ``out=`` computes into a temporary and copies it). Fresh maps are cheaper
+where the allocator hands back memory just freed, still in cache: a 512^2 FFT whose output goes
+to memory out of cache takes 1.4-1.7 times as long. Each FFT's output is therefore freed as soon
+as it is dead.
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.
@@ -45,53 +43,17 @@ Hessian) and float64 models use autograd through the forward model instead.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-
 import numba
 import numpy as np
 import torch
 
 from phasepipe import physics
 
-log = logging.getLogger(__name__)
-
-
-RECOMPILE_LIMIT = 64  # image sizes compiled per inductor kernel and process
 TV_EPS = 1e-3  # smoothing of the total variation's norm, rad per px
 
 # Contracted multiply-adds and reordered sums (so that LLVM vectorises the reductions); NaN and inf
 # keep their meaning, so that a diverging fit is still seen as one.
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "reassoc", "nsz"})
-
-
-class _Kernel:
-    """``fn`` compiled by torch inductor on its first call, or ``fn`` itself if compilation fails."""
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-        self.run: Callable | None = None
-
-    def __call__(self, *args):
-        # One compilation per image size: a worker fitting tiles of several sizes (edge tiles,
-        # their coarse fits) needs more than dynamo's default of 8, past which it would quietly
-        # run the kernel eagerly: slower, and rounded otherwise, so that a tile's bytes would
-        # depend on which worker fitted it. The setting is per thread (a Dask worker's tasks run
-        # on threads of their own), hence here, on every call.
-        if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
-            torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
-        if self.run is None:
-            # Static shapes vectorise better than dynamic ones.
-            compiled = torch.compile(self.fn, dynamic=False)
-            try:
-                result = compiled(*args)
-            except Exception as error:  # any compiler failure: the eager kernel computes the same
-                log.warning("torch.compile of %s failed (%s); running it eagerly", self.fn.__name__, error)
-                self.run = self.fn
-            else:
-                self.run = compiled
-                return result
-        return self.run(*args)
 
 
 def _pairs(z: torch.Tensor) -> np.ndarray:
@@ -100,45 +62,100 @@ def _pairs(z: torch.Tensor) -> np.ndarray:
     return torch.view_as_real(z).numpy()
 
 
-def _wave(phase, log_amplitude):
-    """Real and imaginary parts of psi = exp(log_amplitude + i phase) (inductor: vectorised exp,
-    cos and sin)."""
-    amplitude = torch.exp(log_amplitude)
-    return amplitude * torch.cos(phase), amplitude * torch.sin(phase)
+# exp and sin/cos as float32 polynomials (Cephes' expf, sinf and cosf: within 3 ulp): numba has no
+# vectorised exp, cos or sin without Intel's SVML, and libm's scalar calls cost several times the
+# rest of a kernel. Plain arithmetic, LLVM vectorises it.
+_LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+_TWO_OVER_PI = np.float32(0.6366197723675814)
+_PIO2_1, _PIO2_2, _PIO2_3 = np.float32(1.5703125), np.float32(4.837512969970703e-4), np.float32(7.549789954891882e-8)
 
 
-def _transfer(a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm):
-    """T R of one image, real and imaginary maps (inductor: a vectorised exp per pixel).
+@_jit
+def _exp_row(row, bits):
+    """row = exp(row) in place (float32), arguments clamped to [-87, 88] (results 1.6e-38 ...
+    1.7e38: no underflow to 0, no inf); ``bits`` an int32 row of the same length, for 2^n."""
+    power = bits.view(np.float32)
+    for i in range(len(row)):
+        value = min(max(row[i], np.float32(-87.0)), np.float32(88.0))
+        n = np.floor(value * _LOG2E + np.float32(0.5))
+        r = value - n * _LN2_HI - n * _LN2_LO  # |r| <= ln 2 / 2, in two steps for precision
+        p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
+        p = ((p * r + np.float32(8.3334519073e-3)) * r + np.float32(4.1665795894e-2)) * r
+        p = (p + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)
+        row[i] = p * r * r + r + np.float32(1.0)
+        bits[i] = (np.int32(n) + 127) << 23  # 2^n as float32 bits
+    for i in range(len(row)):
+        row[i] *= power[i]
+
+
+@_jit
+def _cos_sin(angle):
+    """(cos, sin) of a float32 angle: reduced to |r| <= pi / 4 by multiples n of pi / 2 (in three
+    steps: exact for |angle| up to about 1e4), the quadrant n mod 4 picking and signing the two."""
+    n = np.floor(angle * _TWO_OVER_PI + np.float32(0.5))
+    r = ((angle - n * _PIO2_1) - n * _PIO2_2) - n * _PIO2_3
+    z = r * r
+    s = ((np.float32(-1.9515295891e-4) * z + np.float32(8.3321608736e-3)) * z - np.float32(1.6666654611e-1)) * z * r + r
+    c = (np.float32(2.443315711809948e-5) * z - np.float32(1.388731625493765e-3)) * z + np.float32(4.166664568298827e-2)
+    c = c * z * z - np.float32(0.5) * z + np.float32(1.0)
+    quadrant = np.int32(n)
+    odd = (quadrant & 1) != 0
+    cos, sin = (s if odd else c), (c if odd else s)
+    return (-cos if ((quadrant + 1) & 2) != 0 else cos), (-sin if (quadrant & 2) != 0 else sin)
+
+
+@_jit
+def _wave(phase, log_amplitude, psi):
+    """psi (y, x, 2) = exp(log_amplitude + i phase)."""
+    width = phase.shape[1]
+    amplitude, bits = np.empty(width, np.float32), np.empty(width, np.int32)
+    re, im = np.empty(width, np.float32), np.empty(width, np.float32)
+    for y in range(phase.shape[0]):
+        # Row by row, each step its own loop over the row: LLVM vectorises a loop that stores
+        # planar values, not one that also stores the interleaved pairs.
+        row, out = phase[y], psi[y]
+        amplitude[:] = log_amplitude[y]
+        _exp_row(amplitude, bits)
+        for x in range(width):
+            cos, sin = _cos_sin(row[x])
+            re[x] = amplitude[x] * cos
+            im[x] = amplitude[x] * sin
+        for x in range(width):
+            out[x, 0] = re[x]
+            out[x, 1] = im[x]
+
+
+@_jit
+def _spectrum(psi_spectrum, a_re, a_im, e1, e2, ramp_y, ramp_x, defocus_nm, t_re, t_im, spectrum):
+    """T R of one image into ``t_re`` and ``t_im``, and S = Psi T R into ``spectrum`` (Psi =
+    ``psi_spectrum``, both (y, x, 2)).
 
     T R = A exp(df e1 + df^2 e2) u_y u_x: A = exp(e0 + i p0) (:func:`physics.transfer_coefficients`)
     and the rest of the phase, exp(i (df p1 + shift angle)), separable into u_y (2, y) times
     u_x (2, x) because p1 and the shift angle are sums of a function of qy and one of qx: a real
     exp per pixel and no cos or sin.
     """
-    magnitude = torch.exp(defocus_nm * (e1 + defocus_nm * e2))
-    uy_re, uy_im, ux_re, ux_im = ramp_y[0, :, None], ramp_y[1, :, None], ramp_x[0], ramp_x[1]
-    u_re = uy_re * ux_re - uy_im * ux_im
-    u_im = uy_re * ux_im + uy_im * ux_re
-    return magnitude * (a_re * u_re - a_im * u_im), magnitude * (a_re * u_im + a_im * u_re)
-
-
-@_jit
-def _interleave(re, im, out):
-    """out (y, x, 2) = re + i im."""
-    for y in range(re.shape[0]):
-        for x in range(re.shape[1]):
-            out[y, x, 0] = re[y, x]
-            out[y, x, 1] = im[y, x]
-
-
-@_jit
-def _multiply(spectrum, t_re, t_im, out):
-    """out = S = Psi T R, all (y, x, 2) but T R, given as real and imaginary maps."""
-    for y in range(t_re.shape[0]):
-        for x in range(t_re.shape[1]):
-            p_re, p_im, tr, ti = spectrum[y, x, 0], spectrum[y, x, 1], t_re[y, x], t_im[y, x]
-            out[y, x, 0] = p_re * tr - p_im * ti
-            out[y, x, 1] = p_re * ti + p_im * tr
+    width = e1.shape[1]
+    bits = np.empty(width, np.int32)
+    ux_re, ux_im = ramp_x[0], ramp_x[1]
+    for y in range(e1.shape[0]):
+        # Row by row in three loops, as in _wave.
+        e1_row, e2_row, tr_row, ti_row = e1[y], e2[y], t_re[y], t_im[y]
+        for x in range(width):
+            tr_row[x] = defocus_nm * (e1_row[x] + defocus_nm * e2_row[x])
+        _exp_row(tr_row, bits)
+        uy_re, uy_im, ar_row, ai_row = ramp_y[0, y], ramp_y[1, y], a_re[y], a_im[y]
+        for x in range(width):
+            u_re = uy_re * ux_re[x] - uy_im * ux_im[x]
+            u_im = uy_re * ux_im[x] + uy_im * ux_re[x]
+            magnitude = tr_row[x]
+            tr_row[x] = magnitude * (ar_row[x] * u_re - ai_row[x] * u_im)
+            ti_row[x] = magnitude * (ar_row[x] * u_im + ai_row[x] * u_re)
+        psi_row, out = psi_spectrum[y], spectrum[y]
+        for x in range(width):
+            p_re, p_im, tr, ti = psi_row[x, 0], psi_row[x, 1], tr_row[x], ti_row[x]
+            out[x, 0] = p_re * tr - p_im * ti
+            out[x, 1] = p_re * ti + p_im * tr
 
 
 @_jit
@@ -270,10 +287,6 @@ def _object_gradient(grad_wave, psi, phase, tv_weight, eps, d_phase, d_log_ampli
     return tv
 
 
-_WAVE = _Kernel(_wave)
-_TRANSFER = _Kernel(_transfer)
-
-
 class _Maps:
     """q-maps and q-vectors of T R for one image size and coherence (theta_c, Delta), made in
     float64 and kept as float32."""
@@ -285,15 +298,15 @@ class _Maps:
         unit = torch.eye(2, dtype=torch.float64)
         along_y = physics.shift_angle(qy, qx, unit[0], pixel_size_nm)
         along_x = physics.shift_angle(qy, qx, unit[1], pixel_size_nm)
-        # T R's fixed parts (_transfer): A = exp(e0 + i p0), real and imaginary, e1 and e2.
-        self.transfer = tuple(x.float() for x in (amplitude * torch.cos(p0), amplitude * torch.sin(p0), e1, e2))
+        # T R's fixed parts (_spectrum): A = exp(e0 + i p0), real and imaginary, e1 and e2.
+        self.transfer = tuple(x.float().numpy() for x in (amplitude * torch.cos(p0), amplitude * torch.sin(p0), e1, e2))
         # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
         # in the first row and column, which hold them.
         self.vectors = tuple(v.numpy() for v in (p1[:, 0], p1[0], along_y[:, 0], along_x[0]))
         # d log(T R)/d theta (_adjoint): e1 and e2 (defocus, real part), p1 (defocus, imaginary) as
         # a vector along y plus one along x, unit shifts (along y and x).
         self.derivatives = (
-            *(x.numpy() for x in self.transfer[2:]),
+            *self.transfer[2:],
             *(v.astype(np.float32) for v in self.vectors),
         )
 
@@ -331,6 +344,8 @@ class _Workspace:
         # psi, S = Psi T R and dL/dPsi, and the same memory as the numba kernels see it (_pairs).
         self.psi, self.spectrum, self.h_sum = (torch.empty(shape, dtype=torch.complex64) for _ in range(3))
         self.psi_pairs, self.spectrum_pairs, self.h_sum_pairs = map(_pairs, (self.psi, self.spectrum, self.h_sum))
+        # T R of the image at hand, real and imaginary: made by _spectrum, read by _adjoint.
+        self.t_re, self.t_im = np.empty(shape, np.float32), np.empty(shape, np.float32)
         self.maps: _Maps | None = None
         self.maps_key: tuple = ()
 
@@ -408,7 +423,7 @@ class SeriesMisfit:
         """
         maps = ws.maps
         phase = phase.detach()
-        _interleave(*(x.numpy() for x in _WAVE(phase, log_amplitude.detach())), ws.psi_pairs)
+        _wave(phase.numpy(), log_amplitude.detach().numpy(), ws.psi_pairs)
         spectrum = torch.fft.fft2(ws.psi)
         spectrum_pairs = _pairs(spectrum)
         defocus = defocus_nm.detach()
@@ -419,9 +434,9 @@ class SeriesMisfit:
         # several times what it does alone (the FFT has evicted the interpreter's working set).
         per_image = list(
             zip(
-                torch.from_numpy(ramp_y).unbind(),
-                torch.from_numpy(ramp_x).unbind(),
-                defocus.float().unbind(),
+                ramp_y,
+                ramp_x,
+                defocus.numpy().astype(np.float32),
                 data.numpy(),
                 weight.tolist(),
                 strict=True,
@@ -430,22 +445,22 @@ class SeriesMisfit:
         misfits, gradients = [], [(0.0, 0.0, 0.0)] * len(data)
         for k in [k for k, w in enumerate(weight.tolist()) if w != 0]:
             ramp_y_k, ramp_x_k, defocus_k, data_k, weight_k = per_image[k]
-            # Each map is freed as soon as it is dead: the next fresh one (an FFT's output) then
-            # reuses memory still in cache (module doc).
-            t_re, t_im = _TRANSFER(*maps.transfer, ramp_y_k, ramp_x_k, defocus_k)
-            t_re, t_im = t_re.numpy(), t_im.numpy()
-            _multiply(spectrum_pairs, t_re, t_im, ws.spectrum_pairs)
+            _spectrum(
+                spectrum_pairs, *maps.transfer, ramp_y_k, ramp_x_k, defocus_k, ws.t_re, ws.t_im, ws.spectrum_pairs
+            )
             wave = torch.fft.ifft2(ws.spectrum)  # W_k
             misfits.append(_residual(_pairs(wave), data_k, self.measured, self.count, weight_k))
             if not needs_grad:
-                del t_re, t_im, wave
+                del wave
                 continue
+            # Each FFT's output is freed as soon as it is dead: the next one then reuses memory
+            # still in cache (module doc).
             grad = torch.fft.fft2(wave)  # dL/dS_k
             del wave
             gradients[k] = _adjoint(
-                _pairs(grad), ws.spectrum_pairs, t_re, t_im, *maps.derivatives, np.float32(defocus_k), ws.h_sum_pairs
+                _pairs(grad), ws.spectrum_pairs, ws.t_re, ws.t_im, *maps.derivatives, defocus_k, ws.h_sum_pairs
             )
-            del grad, t_re, t_im
+            del grad
         if needs_grad:
             gradients = torch.tensor(gradients, dtype=torch.float64)
             # The adjoint of fft2 is the unnormalised inverse transform; without images, dL/dPsi = 0.
