@@ -10,13 +10,13 @@ workflow runs a reconstruction job per core):
 * an iteration of :func:`phasepipe.reconstruct.fit` on a simulated series (refine: defocus, every
   image in the misfit): misfit, TV penalty, their gradients and the optimiser steps. With the
   coherence fixed this is the fast path (:mod:`phasepipe.fused`, docs/physics.md): misfit and
-  gradient in one pass over the series, compiled (numba, inductor) kernels between the FFTs. Its FFTs:
+  gradient in one pass over the series, compiled (numba) kernels between the FFTs. Its FFTs:
   one of the exit wave, N inverse ones for the images, N for their gradients and one inverse
   back to the object;
 * baseline: 2N + 2 complex64 FFTs (``torch.fft.fft2`` / ``ifft2``) of one image each, the same
   size and threads.
 
-After warm-up iterations (the first compiles the kernels for the image size), each side is timed
+After warm-up iterations (the first loads or compiles the kernels), each side is timed
 ``--repeat`` times alternately (the iterations of a fit between its own per-iteration reports,
 the FFTs ``--iterations`` times over, so that both sides of a pair take about as long), in wall
 time and in this thread's CPU time (which leaves out other processes' turns on a shared machine;
@@ -24,32 +24,23 @@ with more than one torch thread it leaves out the other threads' work). The rati
 the median of the pairs' ratios: the machine's speed drifts between pairs more than within one.
 
 Measured on the 2-core machine, one thread (the history and where the time goes:
-docs/physics.md, "Differentiable reconstruction"); the host changed between the two columns::
+docs/physics.md, "Differentiable reconstruction"); the host changed between the columns::
 
-    size  N   earlier host, quiet (five runs)   2026-12-02, AVX-512 Xeon (five / three runs)
-     512  3   2.01-2.25, median 2.04            3.08-3.63
-     512  5   1.94-2.21, median 2.02            3.11-3.41
-    1024  3   1.74-1.90, median 1.81            3.06-3.55
-    1024  5   1.73-1.80, median 1.77            3.16-3.32
+    size  N   first host, quiet     AVX-512 Xeon,      AMD EPYC (AVX2), 2026-12-02
+              (five runs)           inductor's kernels  all kernels numba's (five / three runs)
+     512  3   2.01-2.25             2.89-3.63           1.71-1.84
+     512  5   1.94-2.21             2.88-3.41           1.65-1.85
+    1024  3   1.74-1.90             2.91-3.55           1.60-1.62
+    1024  5   1.73-1.80             3.08-3.32           1.53-1.61
 
-On the later host the FFTs run up to twice as fast alone, but about 1.6 times their time alone
-inside the fit, and the element-wise kernels did not speed up with them. Since the fast path
-frees each map as soon as it is dead (later on 2026-12-02, five / three runs): 2.89-3.43,
-2.88-3.31, 2.91-3.17, 3.08-3.12 (and 2.13 once, its FFTs timed 40 % slower than in the other runs).
-On a 2-core AMD EPYC (AVX2), later that day: 2.69 / 3.26 at 512^2 with inductor's kernels, then
-with the complex kernels in numba (:mod:`phasepipe.fused`) 1.97-2.01 / 2.04-2.29 at 512^2 over four
-runs and 1.79 / 1.62 at 1024^2.
-
-Runs a minute apart differed by up to 0.2 on the earlier host, 0.5 on the later. Until 2026-12
-each timing ran a fit of 10 iterations and timed the call, whose last step (undoing 2 pi slips
-of the phase returned: about 100 ms at 512^2 once the phase has steps steeper than pi, after
-some 40 iterations here) was charged to its 10 iterations: later pairs of a run then read
-2.6-5.3 instead of about 2. On the earlier host, at 512^2 the target was not met reliably (three
-later runs: 2.08-2.16 for N = 3, 2.03-2.21 for N = 5; twelve on a busier day: 1.90-2.16 and
-1.87-2.23, with 1.66 and 1.61 at 1024^2): timed directly inside the fit, the FFTs take only
-about 6 % longer than alone, but the element-wise kernels (0.5-0.65 ms per image) and the fixed
-work of an iteration (2-2.5 ms of Python, dispatch and Adam) weigh more against FFTs of that
-size.
+On the AVX-512 Xeon the FFTs ran up to twice as fast alone, but about 1.6 times their time alone
+inside the fit, and inductor's element-wise kernels did not speed up with them. On the AMD host,
+with inductor's kernels, 2.69 / 3.26 at 512^2; with the complex kernels numba's and exp, cos and
+sin still inductor's, 1.83-2.01 / 1.81-2.29. Runs a minute apart differ by up to 0.2 (0.5 on
+the Xeon). Until 2026-12 each timing ran a fit of 10 iterations and timed the call, whose last
+step (undoing 2 pi slips of the phase returned: about 100 ms at 512^2 once the phase has steps
+steeper than pi, after some 40 iterations here) was charged to its 10 iterations: later pairs
+of a run then read 2.6-5.3 instead of about 2.
 
 Run from the repository root::
 

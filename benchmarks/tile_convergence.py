@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_tiling import aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
+from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
 from phasepipe import reconstruct, simulate, tiling  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
             extra={"cells": 6 * args.size // 256},
         )
         t0 = time.perf_counter()
-        aligned_store(store, spec)
+        write_aligned_store(store, spec)
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
         microscope = reconstruct.Microscope()
         halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), spec.pixel_size_nm)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_tiling import FIVE, aligned_store, seam_steps  # noqa: E402  (the tests' store and seam measure)
+from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store)
+from test_tiling import FIVE, seam_steps  # noqa: E402  (the tests' seam measure)
 
 from phasepipe import io, metrics, reconstruct, simulate, tiling  # noqa: E402
 
@@ -52,7 +53,7 @@ def main() -> None:
     )
     settings = reconstruct.Settings(max_iterations=args.iterations, converge=False)
     with tempfile.TemporaryDirectory() as tmp:
-        store, truth = aligned_store(Path(tmp) / "aligned.zarr", spec)
+        store, truth = write_aligned_store(Path(tmp) / "aligned.zarr", spec)
         torch.set_num_threads(args.workers)
         t0 = time.perf_counter()
         untiled = reconstruct.reconstruct_dataset(io.open_store(store).load(), settings)

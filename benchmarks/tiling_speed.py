@@ -9,10 +9,11 @@ What is measured, in one run on this machine:
 * a simulated skyrmion-lattice series of ``--size`` px (three images, -1.6, 0, +1.6 mm) is
   written as an aligned Zarr store;
 * on a LocalCluster of 1 worker and then of 2 workers (one torch thread each, their own records,
-  so that nothing is reused), every worker first fits a tile of its own, untimed: its first fit
-  compiles the kernels for the canvas, a cost paid once per worker process and canvas size (once
-  in the 32 tiles a worker of a 4096 px field fits), which a handful of timed tiles would
-  otherwise count as many times over;
+  so that nothing is reused), every worker first fits a tile of its own, timed apart: a worker's
+  first fit also pays its start-up (imports, numba's kernels loaded from their cache; until
+  2026-12-02 also inductor's compilation for each canvas size), a cost paid once per worker
+  process (once in the 32 tiles a worker of a 4096 px field fits), which a handful of timed
+  tiles would otherwise count as many times over;
 * then the same ``--tiles`` tiles (from the field's centre) are fitted by the tile task of
   :mod:`phasepipe.tiling` (``--iterations`` each) and timed;
 * printed: the first tiles' time, the timed tiles' wall time, the speed-up, tiles per minute, every
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_tiling import aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
+from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
 from phasepipe import reconstruct, simulate, tiling  # noqa: E402
 
@@ -49,7 +50,7 @@ def write_series(path: Path, size: int) -> None:
     spec = simulate.SeriesSpec(
         "bench", "skyrmions", size_px=size, defocus_nominal_nm=DEFOCUS, drift_px=0.0, extra={"cells": 6 * size // 256}
     )
-    aligned_store(path, spec)
+    write_aligned_store(path, spec)
 
 
 def peak_rss_mb() -> float:
@@ -63,7 +64,7 @@ def run(
     job: tiling.TileJob, first: list[tiling.Tile], tiles: list[tiling.Tile], workers: int
 ) -> tuple[float, float, list[float]]:
     """On ``workers`` worker processes: the wall time of every worker fitting its tile of ``first``
-    (kernel compilation), then that of fitting ``tiles``, and each worker's peak memory."""
+    (its start-up included), then that of fitting ``tiles``, and each worker's peak memory."""
     with tiling.dask_client("local", workers) as client:
         client.wait_for_workers(workers)
         t0 = time.perf_counter()
@@ -74,12 +75,12 @@ def run(
                 for name, tile in zip(names, first, strict=False)
             ]
         )
-        compile_seconds = time.perf_counter() - t0
+        first_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         client.gather(client.map(tiling.run_tile, [job] * len(tiles), tiles, pure=False))
         seconds = time.perf_counter() - t0
         peaks = list(client.run(peak_rss_mb).values())
-    return compile_seconds, seconds, peaks
+    return first_seconds, seconds, peaks
 
 
 def main() -> None:
@@ -115,10 +116,10 @@ def main() -> None:
             job = tiling.TileJob(
                 str(store), str(Path(tmp) / f"records-{workers}"), DEFOCUS, 5.0, microscope, settings, halo, 1
             )
-            compile_seconds, seconds, peaks = run(job, first, tiles, workers)
-            timings[workers] = (compile_seconds, seconds)
+            first_seconds, seconds, peaks = run(job, first, tiles, workers)
+            timings[workers] = (first_seconds, seconds)
             print(
-                f"{workers} worker(s): first tile of every worker (compiling the kernels) {compile_seconds:.1f} s; "
+                f"{workers} worker(s): first tile of every worker (its start-up included) {first_seconds:.1f} s; "
                 f"{len(tiles)} tiles {seconds:.1f} s, {60 * len(tiles) / seconds:.2f} tiles/min, "
                 f"peak memory per worker {', '.join(f'{p / 1024:.2f} GB' for p in peaks)}",
                 flush=True,

@@ -22,7 +22,7 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
-def _aligned_store(path: Path, spec: simulate.SeriesSpec) -> tuple[Path, xr.Dataset]:
+def write_aligned_store(path: Path, spec: simulate.SeriesSpec) -> tuple[Path, xr.Dataset]:
     """A simulated series written as the align stage writes its store (no drift: nothing to undo);
     returns the store's path and the simulator's truth."""
     images, truth = simulate.simulate_series(spec)
@@ -54,4 +54,4 @@ def _aligned_store(path: Path, spec: simulate.SeriesSpec) -> tuple[Path, xr.Data
 @pytest.fixture
 def aligned_store():
     """``aligned_store(path, spec)``: write a simulated series as an aligned store."""
-    return _aligned_store
+    return write_aligned_store
