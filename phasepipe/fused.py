@@ -72,17 +72,20 @@ _PIO2_1, _PIO2_2, _PIO2_3 = np.float32(1.5703125), np.float32(4.837512969970703e
 
 @_jit
 def _exp_row(row, bits):
-    """row = exp(row) in place (float32), arguments clamped to [-87, 88] (results 1.6e-38 ...
-    1.7e38: no underflow to 0, no inf); ``bits`` an int32 row of the same length, for 2^n."""
+    """row = exp(row) in place (float32), finite arguments clamped to [-87, 88] (results
+    1.6e-38 ... 1.7e38: no underflow to 0), NaN and +-inf giving NaN (a diverging fit is still seen
+    as one); ``bits`` an int32 row of the same length, for 2^n."""
     power = bits.view(np.float32)
     for i in range(len(row)):
-        value = min(max(row[i], np.float32(-87.0)), np.float32(88.0))
+        argument = row[i]
+        value = min(max(argument, np.float32(-87.0)), np.float32(88.0))
         n = np.floor(value * _LOG2E + np.float32(0.5))
         r = value - n * _LN2_HI - n * _LN2_LO  # |r| <= ln 2 / 2, in two steps for precision
         p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
         p = ((p * r + np.float32(8.3334519073e-3)) * r + np.float32(4.1665795894e-2)) * r
         p = (p + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)
-        row[i] = p * r * r + r + np.float32(1.0)
+        finite = abs(argument) <= np.float32(3.4e38)  # False for NaN and +-inf
+        row[i] = (p * r * r + r + np.float32(1.0)) if finite else np.float32(np.nan)
         bits[i] = (np.int32(n) + 127) << 23  # 2^n as float32 bits
     for i in range(len(row)):
         row[i] *= power[i]

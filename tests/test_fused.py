@@ -10,7 +10,8 @@ from phasepipe import fused
 
 def test_exp_row_is_within_three_ulp_and_clamped():
     """exp over the range a transfer function's envelope and an amplitude need, within 3.6e-7
-    (3 float32 ulp) of float64's; arguments below -87 or above 88 give the clamp's finite values."""
+    (3 float32 ulp) of float64's; arguments below -87 or above 88 give the clamp's finite values,
+    NaN and +-inf give NaN."""
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.uniform(-87, 88, 4000), rng.uniform(-1, 1, 4000), [0.0, -0.0, 1e-30, -1e-30]])
     row = values.astype(np.float32)
@@ -20,12 +21,17 @@ def test_exp_row_is_within_three_ulp_and_clamped():
     extremes = np.array([-1e4, -88.0, 89.0, 1e4], np.float32)
     fused._exp_row(extremes, np.empty(4, np.int32))
     np.testing.assert_allclose(extremes, np.exp([-87.0, -87.0, 88.0, 88.0]), rtol=1e-6)
+    # What a diverging fit produces stays visible as such.
+    not_finite = np.array([np.nan, np.inf, -np.inf, 0.0], np.float32)
+    fused._exp_row(not_finite, np.empty(4, np.int32))
+    assert np.isnan(not_finite[:3]).all() and not_finite[3] == 1.0
 
 
 def test_wave_is_exp_of_log_amplitude_and_phase():
     """psi = exp(log a + i phi) within 2 float32 ulp of the phase (whose rounding bounds what any
     float32 cos and sin can do) plus 3e-7 of the amplitude, for phases of either sign up to
-    +-300 rad (every quadrant, the thickest films' range) and at multiples of pi / 2."""
+    +-300 rad (every quadrant, the thickest films' range) and at multiples of pi / 2; a NaN phase or
+    log amplitude gives a NaN psi."""
     rng = np.random.default_rng(1)
     phase = np.concatenate([rng.uniform(-300, 300, (8, 256)), rng.uniform(-3.2, 3.2, (8, 256))]).astype(np.float32)
     phase[0, :8] = np.float32(np.pi / 2) * np.arange(-4, 4)
@@ -37,3 +43,6 @@ def test_wave_is_exp_of_log_amplitude_and_phase():
     error = np.abs(psi[..., 0] + 1j * psi[..., 1] - expected)
     bound = amplitude * (2 * np.spacing(np.abs(phase)).astype(np.float64) + 3e-7)
     assert np.all(error <= bound)
+    phase[0, 0], log_amplitude[0, 1] = np.nan, np.nan
+    fused._wave(phase, log_amplitude, psi)
+    assert np.isnan(psi[0, :2]).all() and np.isfinite(psi[0, 2:]).all()
