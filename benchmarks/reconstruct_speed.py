@@ -23,8 +23,8 @@ time and in this thread's CPU time (which leaves out other processes' turns on a
 with more than one torch thread it leaves out the other threads' work). The ratio printed is
 the median of the pairs' ratios: the machine's speed drifts between pairs more than within one.
 
-Measured on the 2-core machine, one thread (the history and where the time goes:
-docs/physics.md, "Differentiable reconstruction"); the host changed between the columns::
+Measured on the 2-core machine, one thread (where the time goes: docs/physics.md, "Fast path";
+the history: docs/performance.md); the host changed between the columns::
 
     size  N   first host, quiet     AVX-512 Xeon,      AMD EPYC (AVX2), 2026-12-02
               (five runs)           inductor's kernels  all kernels numba's (five / three runs)
