@@ -53,7 +53,18 @@ TV_EPS = 1e-3  # smoothing of the total variation's norm, rad per px
 
 # Contracted multiply-adds and reordered sums (so that LLVM vectorises the reductions); NaN and inf
 # keep their meaning, so that a diverging fit is still seen as one.
-_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "reassoc", "nsz"})
+_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "reassoc", "nsz"}}
+
+
+def _jit(function):
+    """``function`` compiled by numba on its first call, the machine code cached on disk where
+    numba finds a writable place (beside this file, ``NUMBA_CACHE_DIR``, the user's cache folder),
+    otherwise compiled anew in every process (a read-only install and home, as in some containers),
+    where numba would refuse the import."""
+    try:
+        return numba.njit(cache=True, **_OPTIONS)(function)
+    except RuntimeError:  # numba's "cannot cache function ...: no locator available"
+        return numba.njit(**_OPTIONS)(function)
 
 
 def _pairs(z: torch.Tensor) -> np.ndarray:

@@ -3,6 +3,9 @@
 The fast path's misfit and gradients against autograd are checked in test_reconstruct.py.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 
 from phasepipe import fused
@@ -46,3 +49,20 @@ def test_wave_is_exp_of_log_amplitude_and_phase():
     phase[0, 0], log_amplitude[0, 1] = np.nan, np.nan
     fused._wave(phase, log_amplitude, psi)
     assert np.isnan(psi[0, :2]).all() and np.isfinite(psi[0, 2:]).all()
+
+
+def test_kernels_compile_where_no_cache_can_be_written():
+    """Where numba finds no writable cache folder (a read-only install and home), the module still
+    imports and its kernels compile in the process instead of failing the import."""
+    script = (
+        "from numba.core import caching\n"
+        "caching.CacheImpl._locator_classes = []\n"  # no cache location anywhere
+        "import numpy as np\n"
+        "from phasepipe import fused\n"
+        "row = np.zeros(4, np.float32)\n"
+        "fused._exp_row(row, np.empty(4, np.int32))\n"
+        "print(row.sum())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == 4.0
