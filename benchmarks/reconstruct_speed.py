@@ -27,11 +27,11 @@ Measured on the 2-core machine, one thread (where the time goes: docs/physics.md
 the history: docs/performance.md); the host changed between the columns::
 
     size  N   first host, quiet     AVX-512 Xeon,      AMD EPYC (AVX2), 2026-12-02
-              (five runs)           inductor's kernels  all kernels numba's (five / three runs)
-     512  3   2.01-2.25             2.89-3.63           1.71-1.84
-     512  5   1.94-2.21             2.88-3.41           1.65-1.85
+              (five runs)           inductor's kernels  all kernels numba's (six / four runs)
+     512  3   2.01-2.25             2.89-3.63           1.70-1.84
+     512  5   1.94-2.21             2.88-3.41           1.61-1.85
     1024  3   1.74-1.90             2.91-3.55           1.60-1.62
-    1024  5   1.73-1.80             3.08-3.32           1.53-1.61
+    1024  5   1.73-1.80             3.08-3.32           1.53-1.65
 
 On the AVX-512 Xeon the FFTs ran up to twice as fast alone, but about 1.6 times their time alone
 inside the fit, and inductor's element-wise kernels did not speed up with them. On the AMD host,
