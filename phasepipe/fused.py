@@ -59,8 +59,8 @@ _OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "rea
 def _jit(function):
     """``function`` compiled by numba on its first call, the machine code cached on disk where
     numba finds a writable place (beside this file, ``NUMBA_CACHE_DIR``, the user's cache folder),
-    otherwise compiled anew in every process (a read-only install and home, as in some containers),
-    where numba would refuse the import."""
+    otherwise compiled anew in every process (a read-only install and home, as in some containers,
+    where ``cache=True`` alone would fail the import)."""
     try:
         return numba.njit(cache=True, **_OPTIONS)(function)
     except RuntimeError:  # numba's "cannot cache function ...: no locator available"
