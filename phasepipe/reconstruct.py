@@ -15,6 +15,7 @@ result (see :func:`reconstruct`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import xarray as xr
 from scipy import ndimage
 
@@ -52,6 +54,10 @@ COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least t
 # beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
 # data, or the defocus drifts with it (docs/physics.md, `tv_weight: auto`).
 TV_WEIGHT_FLOOR = 5e-4
+# The calibration stage of series with one defocused level (docs/physics.md, "Calibration stage").
+CALIBRATION_BAND = 0.3  # its phase keeps the frequencies some image transfers with |T| at least this
+CALIBRATION_GRID = 16  # cells a side of its phase's coarse component
+CALIBRATION_ITERATIONS = 600
 
 
 class FitDiverged(RuntimeError):
@@ -102,6 +108,7 @@ class Settings:
     log_every: int = 100
     continuation_step: int = 150  # iterations between admitting the next |defocus| level
     coarse_factor: int = 2  # binning of the first, coarse fit (1: none)
+    calibration_stage: bool = True  # debias the calibration of series with one defocused level
 
 
 class Parameters(torch.nn.Module):
@@ -214,22 +221,41 @@ class ForwardModel:
             self._fixed_key = key
         return physics.transfer_from_coefficients(self._fixed_coefficients, defocus_nm.float()[:, None, None])
 
-    def __call__(self, params: Parameters, refine_shifts: bool, defocus_nm: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        params: Parameters,
+        refine_shifts: bool,
+        defocus_nm: torch.Tensor | None = None,
+        phase: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The images of ``params`` (with ``phase`` in place of ``params.phase`` if given)."""
         ramp = physics.shift_ramp(self.qy, self.qx, params.shifts_px(), self.pixel_size_nm) if refine_shifts else None
         defocus_nm = params.defocus_nm() if defocus_nm is None else defocus_nm
-        intensity = physics.image_intensities(params.wave(), self.transfer(params, defocus_nm), ramp)
+        wave = params.wave() if phase is None else torch.polar(params.log_amplitude.exp(), phase)
+        intensity = physics.image_intensities(wave, self.transfer(params, defocus_nm), ramp)
         # Mean-normalised (over the measured pixels, as the data are): exposure and the envelopes'
         # loss of mean intensity drop out.
+        return self.mean_normalised(intensity)
+
+    def mean_normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (N, y, x) divided by each one's mean over the measured pixels."""
         if self.measured is None:
-            return intensity / intensity.mean(dim=(1, 2), keepdim=True)
-        return intensity / (torch.sum(intensity * self.measured, dim=(1, 2), keepdim=True) / self.measured.sum())
+            return images / images.mean(dim=(1, 2), keepdim=True)
+        return images / (torch.sum(images * self.measured, dim=(1, 2), keepdim=True) / self.measured.sum())
 
     def objective(
-        self, params: Parameters, data: torch.Tensor, active: torch.Tensor, refine_shifts: bool, tv_weight: float
+        self,
+        params: Parameters,
+        data: torch.Tensor,
+        active: torch.Tensor,
+        refine_shifts: bool,
+        tv_weight: float,
+        phase: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss misfit + tv_weight TV(phase) and the misfit: the mean over the ``active``
         images (N, 0 or 1) of the mean squared difference between the predicted images and
-        ``data``. Only the loss carries a gradient.
+        ``data``. Only the loss carries a gradient. ``phase``: a tensor computed from other
+        parameters, in place of ``params.phase`` (the calibration stage's band-limited phase).
 
         A float32 model on the CPU with fixed coherence takes the fast path
         (:class:`fused.SeriesMisfit`: loss, misfit and analytic gradient in one pass over the
@@ -237,15 +263,17 @@ class ForwardModel:
         pixels too). Refined coherence parameters, a float64 model or a GPU (where the fast path
         is untested) use autograd through :meth:`__call__`.
         """
+        phase = params.phase if phase is None else phase
         weight = (active / active.sum()).to(data.dtype)
         coherence = (params.beam_divergence, params.defocus_spread)
         plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
         if plain or any(leaf.requires_grad for leaf in coherence):
-            misfit = torch.sum(misfit_per_image(self(params, refine_shifts), data, self.measured) * weight)
-            return misfit + tv_weight * total_variation(params.phase), misfit.detach()
+            predicted = self(params, refine_shifts, phase=phase)
+            misfit = torch.sum(misfit_per_image(predicted, data, self.measured) * weight)
+            return misfit + tv_weight * total_variation(phase), misfit.detach()
         shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
         return self._series_misfit(
-            params.phase,
+            phase,
             params.log_amplitude,
             params.defocus_nm(),
             shifts,
@@ -590,6 +618,127 @@ def _fit_canvas(
     return _Fit(model, params, data, result, noise, tv_weight)
 
 
+def phase_band(model: ForwardModel, params: Parameters, threshold: float) -> torch.Tensor:
+    """1 at the frequencies where at least one defocused image of ``params`` transfers the phase
+    with |T| >= ``threshold`` (both envelopes) at its nominal defocus, 0 elsewhere; complex, to
+    multiply spectra. Nominal, so that the band does not follow the fit's bias."""
+    with torch.no_grad():
+        nominal = params.defocus_start_nm
+        defocus = nominal[nominal.abs() > 0].float()
+        coherence = (params.beam_divergence_rad().float(), params.defocus_spread_nm().float())
+        transfer = physics.transfer_function(
+            model.q2, defocus[:, None, None], model.wavelength_nm, model.cs_nm, *coherence
+        )
+        return (transfer.abs() >= threshold).any(dim=0).to(torch.complex64)
+
+
+def _in_band(phase: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    return torch.fft.ifft2(torch.fft.fft2(phase) * band).real
+
+
+def band_limited_fit(
+    model: ForwardModel,
+    params: Parameters,
+    data: torch.Tensor,
+    band: torch.Tensor,
+    tv_weight: float,
+    settings: Settings,
+) -> None:
+    """Refit phase, amplitude and calibration factor c of ``params`` (in place) for
+    ``CALIBRATION_ITERATIONS``, the phase confined to ``band``; the other microscope parameters
+    are held.
+
+    Confined, the phase cannot absorb the noise at frequencies that no image transfers, which
+    pulls c low (docs/physics.md). The phase is the band-limited map plus a bicubic
+    ``CALIBRATION_GRID``^2 grid, which moves the broad dome that the images see least at once; every
+    step of c is taken along the valley that the linear images leave flat (the phase divided by
+    it), and the total variation is of c times the phase, so that it exerts no pull on c.
+    """
+    for name in ("defocus", "beam_divergence", "defocus_spread", "shifts"):
+        getattr(params, name).requires_grad_(False)
+    params.defocus_scale.requires_grad_(True)
+    fine = torch.nn.Parameter(_in_band(params.phase.detach(), band))
+    coarse = torch.nn.Parameter(torch.zeros((1, 1, CALIBRATION_GRID, CALIBRATION_GRID), device=fine.device))
+    rates = settings.options
+    optimiser = torch.optim.Adam(
+        [
+            {"params": [fine, coarse], "lr": rates["phase"].lr},
+            {"params": [params.log_amplitude], "lr": rates["log_amplitude"].lr},
+            {"params": [params.defocus_scale], "lr": rates["defocus_scale"].lr},
+        ]
+    )
+    active = torch.ones(params.defocus_start_nm.numel(), dtype=data.dtype, device=data.device)
+
+    def phase() -> torch.Tensor:
+        broad = F.interpolate(coarse, size=fine.shape, mode="bicubic", align_corners=False)[0, 0]
+        return _in_band(fine, band) + broad
+
+    scale = params.defocus_scale.detach().clone()
+    for it in range(1, CALIBRATION_ITERATIONS + 1):
+        with torch.no_grad():
+            step = torch.exp(scale - params.defocus_scale).float()
+            fine *= step
+            coarse *= step
+            scale.copy_(params.defocus_scale)
+        optimiser.zero_grad(set_to_none=True)
+        current = phase()
+        misfit, _ = model.objective(params, data, active, "shifts" in settings.refine, 0.0, phase=current)
+        loss = misfit + tv_weight * params.defocus_scale.exp().float() * total_variation(current)
+        loss.backward()
+        optimiser.step()
+        if it in (CALIBRATION_ITERATIONS // 2, 3 * CALIBRATION_ITERATIONS // 4):
+            for group in optimiser.param_groups:
+                group["lr"] *= 0.5
+    with torch.no_grad():
+        final = phase()
+        params.phase.copy_(final - final.mean())
+
+
+def _calibration_stage(fitted: _Fit, settings: Settings) -> None:
+    """Debias the calibration factor of ``fitted`` and refit its object at full band (in place).
+
+    A band-limited fit (:func:`band_limited_fit`) leaves c biased low by the noise its phase
+    still absorbs. A parametric bootstrap measures that: data simulated from the fit, with noise
+    of the measured level (shot noise's: sigma proportional to the square root of the intensity),
+    fitted again the same way; the shift of c is taken as its bias and subtracted.
+    """
+    model, data, params = fitted.model, fitted.data, fitted.params
+    t0 = time.perf_counter()
+    log.info("calibration stage (one defocused level): band-limited refit, bootstrap, object refit")
+    band = phase_band(model, params, CALIBRATION_BAND)
+    first = copy.deepcopy(params)
+    band_limited_fit(model, first, data, band, fitted.tv_weight, settings)
+    with torch.no_grad():
+        clean = model(first, "shifts" in settings.refine)
+        # Seeded: the same series gives the same result.
+        generator = torch.Generator(device=data.device).manual_seed(0)
+        draw = torch.randn(clean.shape, generator=generator, device=data.device, dtype=clean.dtype)
+        simulated = model.mean_normalised(clean + fitted.noise * clean.clamp(min=0).sqrt() * draw)
+    second = copy.deepcopy(first)
+    band_limited_fit(model, second, simulated, band, fitted.tv_weight, settings)
+    bias = (second.defocus_scale - first.defocus_scale).item()
+    corrected = first.defocus_scale.item() - bias
+    with torch.no_grad():
+        params.phase *= math.exp(params.defocus_scale.item() - corrected)  # along the valley
+        params.defocus_scale.fill_(corrected)
+    # From the optimum of a neighbouring c: capped, since clean images' weak TV weight never settles.
+    refit_settings = replace(
+        settings, refine=(), max_iterations=min(settings.max_iterations, 2 * CALIBRATION_ITERATIONS)
+    )
+    refit = fit(model, params, data, refit_settings, fitted.tv_weight)
+    log.info(
+        "calibration stage: factor %.5f before the bootstrap, bias %+.3f %%, %.5f after; object refitted "
+        "in %d iterations; %.1f s",
+        math.exp(first.defocus_scale.item()),
+        100 * bias,
+        math.exp(corrected),
+        refit.iterations,
+        time.perf_counter() - t0,
+    )
+    fitted.result.seconds += time.perf_counter() - t0
+    fitted.result.loss = refit.loss
+
+
 def reconstruct(
     images: np.ndarray,
     defocus_nominal_nm: np.ndarray,
@@ -602,7 +751,9 @@ def reconstruct(
     """Recover phase, amplitude and the refined microscope parameters of one aligned series.
 
     The fit runs coarse to fine (:func:`_fit_canvas`); ``progress`` follows the full-resolution
-    fit, and the iterations reported are its own. ``margin_px`` > 0: the object is fitted on a
+    fit, and the iterations reported are its own. A series with one defocused level and
+    ``defocus`` refined then goes through the calibration stage (:func:`_calibration_stage`),
+    whose time is counted in. ``margin_px`` > 0: the object is fitted on a
     canvas wider than the images by that margin on every side, where no data constrain it, so that
     the FFT's periodic wrap-around falls outside the data (a tile of a larger field is not
     periodic); the maps returned cover the images.
@@ -624,6 +775,12 @@ def reconstruct(
         )
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
     fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
+    if (
+        settings.calibration_stage
+        and "defocus" in settings.refine
+        and single_defocus_level(nominal, settings.refine) is not None
+    ):
+        _calibration_stage(fitted, settings)
     params, result = fitted.params, fitted.result
     n = len(nominal)
     std = _uncertainty(fitted.model, params, fitted.data, settings) if settings.refine else np.zeros(3 * n + 2)
@@ -653,8 +810,9 @@ def single_defocus_level(defocus_nominal_nm: np.ndarray, refine: tuple[str, ...]
     one image), when its defocus is refined; None otherwise.
 
     Such a series identifies the defocus calibration only through weak non-linear effects: on
-    the simulator's three-image vortex series at 512^2 it came out up to 2 % off (docs/physics.md,
-    "What the data identify"), the demo's five images 0.3-0.8 %.
+    the simulator's three-image vortex series at 512^2 the coarse-to-fine fit left it up to 2 %
+    off (docs/physics.md, "What the data identify"), the demo's five images 0.3-0.8 %. It gets
+    the calibration stage (:func:`reconstruct`), and the CLI warns.
     """
     level = defocus_levels(defocus_nominal_nm)
     levels = np.unique(level[level > 0])
