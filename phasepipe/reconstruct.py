@@ -645,8 +645,8 @@ def band_limited_fit(
     settings: Settings,
 ) -> None:
     """Refit phase, amplitude and calibration factor c of ``params`` (in place) for
-    ``CALIBRATION_ITERATIONS``, the phase confined to ``band``; the other microscope parameters
-    are held.
+    ``CALIBRATION_ITERATIONS`` (or the settings' fewer), the phase confined to ``band``; the other
+    microscope parameters are held.
 
     Confined, the phase cannot absorb the noise at frequencies that no image transfers, which
     pulls c low (docs/physics.md). The phase is the band-limited map plus a bicubic
@@ -673,8 +673,9 @@ def band_limited_fit(
         broad = F.interpolate(coarse, size=fine.shape, mode="bicubic", align_corners=False)[0, 0]
         return _in_band(fine, band) + broad
 
+    iterations = min(CALIBRATION_ITERATIONS, settings.max_iterations)
     scale = params.defocus_scale.detach().clone()
-    for it in range(1, CALIBRATION_ITERATIONS + 1):
+    for it in range(1, iterations + 1):
         with torch.no_grad():
             step = torch.exp(scale - params.defocus_scale).float()
             fine *= step
@@ -686,7 +687,7 @@ def band_limited_fit(
         loss = misfit + tv_weight * params.defocus_scale.exp().float() * total_variation(current)
         loss.backward()
         optimiser.step()
-        if it in (CALIBRATION_ITERATIONS // 2, 3 * CALIBRATION_ITERATIONS // 4):
+        if it in (iterations // 2, 3 * iterations // 4):
             for group in optimiser.param_groups:
                 group["lr"] *= 0.5
     with torch.no_grad():
