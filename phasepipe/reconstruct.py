@@ -54,7 +54,7 @@ COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least t
 # beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
 # data, or the defocus drifts with it (docs/physics.md, `tv_weight: auto`).
 TV_WEIGHT_FLOOR = 5e-4
-# The calibration stage of series with one defocused level (docs/physics.md, "Calibration stage").
+# The calibration stage of series with one defocused level (docs/physics.md, Optimisation).
 CALIBRATION_BAND = 0.3  # its phase keeps the frequencies some image transfers with |T| at least this
 CALIBRATION_GRID = 16  # cells a side of its phase's coarse component
 CALIBRATION_ITERATIONS = 600
