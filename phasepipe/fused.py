@@ -27,16 +27,13 @@ The kernels are numba loops, over complex maps' (y, x, 2) float32 view (:func:`_
 compiled on first use for every image size at once, cached on disk for later processes
 (:func:`_jit`), and released from the GIL; exp, cos and sin are float32 polynomials that LLVM
 vectorises (:func:`_exp_row`, :func:`_cos_sin`).
-Until 2026-12-02 torch inductor compiled them, once per image size, but it writes scalar or slow
-code for complex data on AVX2 machines (the (y, x, 2) view, or the maps seen as int64 words split
-by bit operations, which were fast on an AVX-512 Xeon): on a 2-core AMD EPYC (AVX2), 512^2, the
-adjoint took 3.5 ms compiled by inductor against 1.0 ms by numba, the misfit's kernels 6.9 ms per
-image against 2.7 ms; T R and S 0.83 ms against 0.47-0.67 once numba made the exp as well. The
-kernels write into buffers kept between iterations or over their input; the FFTs return fresh
-tensors (ATen's FFT with ``out=`` computes into a temporary and copies it). Fresh maps are cheaper
-where the allocator hands back memory just freed, still in cache: a 512^2 FFT whose output goes
-to memory out of cache takes 1.4-1.7 times as long. Each FFT's output is therefore freed as soon
-as it is dead.
+They are numba loops because torch inductor, which compiled them before, writes scalar or slow
+code for complex data on many CPUs and compiles again for every image size in every process (the
+measurements: docs/performance.md). The kernels write into buffers kept between iterations or
+over their input; the FFTs return fresh tensors (ATen's FFT with ``out=`` computes into a
+temporary and copies it). Fresh maps are cheaper where the allocator hands back memory just
+freed, still in cache, than where an FFT's output goes to memory out of cache, so each FFT's
+output is freed as soon as it is dead.
 
 First order only. Refining the coherence parameters, double backward (the defocus uncertainty's
 Hessian) and float64 models use autograd through the forward model instead.

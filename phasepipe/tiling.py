@@ -514,7 +514,7 @@ def reuse_freed_memory() -> None:
     Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536 (the config key
     distributed.nanny.pre-spawn-environ), and setting it fixes glibc's mmap threshold at 128 kB:
     every fresh FFT output of a fit (MBs) is then mapped and page-faulted anew, which doubled the
-    time of an iteration (71-77 ms instead of 33-36 ms on a 640 px tile canvas of three images).
+    time of an iteration on a tile canvas (docs/performance.md, "Large fields").
     Called in the tile task, so that it holds for every scheduler (a worker of an outside scheduler
     included); without glibc it does nothing.
     """
