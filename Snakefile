@@ -1,5 +1,10 @@
 # phasepipe: ingest -> align -> reconstruct -> aggregate -> release (see docs/architecture.md).
-from snakemake.utils import min_version, validate
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from phasepipe import configuration
 
 min_version("9.0")
 
@@ -7,7 +12,14 @@ min_version("9.0")
 configfile: workflow.source_path("config/config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+try:
+    configuration.validate(config)
+except configuration.ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+# series_sheet and results_dir, resolved against the --configfile that names them (else the cwd).
+PATHS = configuration.resolve_paths(
+    config, workflow.config_settings.configfiles, set(workflow.config_settings.config), Path.cwd()
+)
 
 
 report: "workflow/report/workflow.rst"
@@ -26,3 +38,11 @@ rule all:
     default_target: True
     input:
         RELEASE_RECORD,
+
+
+onsuccess:
+    report_run(failed_jobs=False)
+
+
+onerror:
+    report_run(failed_jobs=True)

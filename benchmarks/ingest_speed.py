@@ -6,7 +6,7 @@ time of reading those bytes from disk and writing them once to Zarr".
 What is measured, in one run on this machine:
 
 * a random float32 series (gamma-distributed counts) is written as a calibrated ImageJ TIFF with
-  :func:`phasepipe.simulate.write_tiff_series`;
+  :func:`phasepipe.io.write_tiff`;
 * baseline: ``tifffile.imread`` of that file, then one write of the array to a Zarr v3 store with
   the chunking :func:`phasepipe.io.write_store` uses (whole image axis x 512 x 512) and zarr's
   default codecs, which are the ones ``xarray.Dataset.to_zarr`` picks for it too;
@@ -39,7 +39,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from phasepipe import io, simulate
+from phasepipe import io, sheet
 
 PIXEL_SIZE_NM = 5.0
 MICROSCOPE = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
@@ -50,7 +50,7 @@ def make_series(workdir: Path, size: int, images: int, seed: int = 0, name: str 
     rng = np.random.default_rng(seed)
     data = rng.gamma(shape=10.0, scale=100.0, size=(images, size, size)).astype(np.float32)
     path = workdir / f"{name}.tif"
-    simulate.write_tiff_series(path, data, PIXEL_SIZE_NM)
+    io.write_tiff(path, data, PIXEL_SIZE_NM)
     return path
 
 
@@ -63,7 +63,7 @@ def baseline(tiff: Path, store: Path, chunk_px: int = 512) -> None:
     zarr.create_array(store, data=data, chunks=chunks, zarr_format=3)
 
 
-def ingest_stage(row: io.SeriesRow, store: Path) -> None:
+def ingest_stage(row: sheet.SeriesRow, store: Path) -> None:
     """The ingest stage as the CLI runs it: ingest, then write the store."""
     ds = io.ingest(row, MICROSCOPE)
     io.write_store(ds, store)
@@ -76,7 +76,7 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def breakdown(row: io.SeriesRow, tiff: Path, store: Path) -> list[tuple[str, float]]:
+def breakdown(row: sheet.SeriesRow, tiff: Path, store: Path) -> list[tuple[str, float]]:
     """Seconds of the parts of one ingest, each timed on its own (one pass each)."""
     parts: list[tuple[str, float]] = []
     start = time.perf_counter()
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tiff = make_series(workdir, args.size, args.images)
         nbytes = args.size * args.size * args.images * 4
-        row = io.SeriesRow(
+        row = sheet.SeriesRow(
             series="bench",
             files=tiff.name,
             defocus_nm=tuple(float(d) for d in np.linspace(-1.6e6, 1.6e6, args.images)),
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         # Warm-up on a small series, so that neither side pays first-use imports in the timings.
         small = make_series(workdir, 64, args.images, name="warmup")
         baseline(small, base_store)
-        ingest_stage(io.SeriesRow("warmup", small.name, row.defocus_nm, workdir), ingest_store)
+        ingest_stage(sheet.SeriesRow("warmup", small.name, row.defocus_nm, workdir), ingest_store)
 
         base_times, ingest_times = [], []
         for _ in range(args.repeat):

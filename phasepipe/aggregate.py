@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from phasepipe import io, metrics
+from phasepipe import io, metrics, quality
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,18 @@ def series_row(ds) -> dict:
     row = {
         "series": ds.attrs["series"],
         "status": ds.attrs.get("status", "ok"),
+        "quality": "failed",
+        "quality_reasons": "",
         "error": ds.attrs.get("error", ""),
+        "failed_stage": ds.attrs.get("failed_stage", ""),
         "session": ds.attrs.get("session", ""),
         "acquired": ds.attrs.get("acquired", ""),
     }
     if io.is_failed(ds):
         return row
+    acc_ad_vs_tie = metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values)
+    reasons = quality.alignment_reasons(ds.attrs, ds["registration_confidence"].values)
+    reasons += quality.fit_reasons(ds.attrs, acc_ad_vs_tie)
     nominal = ds["defocus_nominal_nm"].values
     recovered = ds["defocus_nm"].values
     defocused = np.abs(nominal) > 0
@@ -124,13 +131,14 @@ def series_row(ds) -> dict:
     drift = np.hypot(ds["shift_y_px"].values, ds["shift_x_px"].values)
     row.update(
         {
-            "warning": ds.attrs.get("alignment_warning", ""),
+            "quality": quality.verdict(row["status"], reasons),
+            "quality_reasons": "; ".join(reasons),
             "n_images": int(ds.sizes["image"]),
             "final_loss": ds.attrs["final_loss"],
             "noise": ds.attrs["noise"],
             "iterations": ds.attrs["iterations"],
             "seconds": ds.attrs["seconds"],
-            "acc_ad_vs_tie": metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values),
+            "acc_ad_vs_tie": acc_ad_vs_tie,
             "defocus_scale": fit.get("scale", np.nan),
             # The larger of the scatter about the fitted line and the fit's own curvature-based
             # uncertainty (a lower bound: docs/physics.md); with one common calibration factor
@@ -148,6 +156,7 @@ def series_row(ds) -> dict:
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
             "alignment_residual_px": ds.attrs.get("alignment_residual_px", np.nan),
             "registration_confidence_min": float(ds["registration_confidence"].min()),
+            "alignment_largest_pair_shift_px": ds.attrs.get("alignment_largest_pair_shift_px", np.nan),
         }
     )
     if ds.attrs.get("truth"):
@@ -190,8 +199,42 @@ def campaign_summary(campaign: str, params: pd.DataFrame, summary: pd.DataFrame,
         "failed": summary.loc[summary["status"] != "ok", ["series", "error"]].to_dict("records"),
         "campaign": {"name": campaign, **block(defocused, ok)},
         "sessions": sessions,
-        "outliers": {"criterion": f"robust z-score of defocus_scale > {threshold}", "series": outliers},
+        "outliers": {
+            "criterion": f"robust z-score of defocus_scale within its session > {threshold}",
+            "series": outliers,
+        },
     }
+
+
+def session_outliers(summary: pd.DataFrame, threshold: float) -> pd.Series:
+    """True for an ok series whose defocus calibration is a robust outlier of its session's."""
+    ok = summary[summary["status"] == "ok"]
+    flags = pd.Series(False, index=summary.index)
+    for _, group in ok.groupby(ok["session"].fillna("")):
+        flags[group.index] = robust_outliers(group["defocus_scale"], threshold)
+    return flags
+
+
+def summary_table(rows: list[dict], threshold: float) -> pd.DataFrame:
+    """series_summary.csv: one row per series, with the session outliers and their quality."""
+    summary = pd.DataFrame(rows)
+    summary["outlier"] = session_outliers(summary, threshold) if "defocus_scale" in summary else False
+    for k in summary.index[summary["outlier"]]:
+        reason = (
+            f"calibration: defocus_scale {summary.at[k, 'defocus_scale']:.4f} is an outlier of session "
+            f"{summary.at[k, 'session'] or '(none)'} (robust z-score above {threshold:g})"
+        )
+        summary.at[k, "quality_reasons"] = "; ".join(r for r in (summary.at[k, "quality_reasons"], reason) if r)
+        summary.at[k, "quality"] = "warning"
+    return summary
+
+
+def figure_title(row: pd.Series) -> str:
+    """A series figure's title: its id and quality, and the first reason for a warning."""
+    title = f"{row['series']}    quality: {row['quality']}"
+    if row["quality_reasons"]:
+        title += "\n" + textwrap.shorten(row["quality_reasons"].split("; ")[0], 150)
+    return title
 
 
 def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) -> None:
@@ -202,7 +245,7 @@ def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    tables, rows = [], []
+    tables, rows, done = [], [], {}
     for path in sorted(stores):
         ds = io.open_store(path).load()
         rows.append(series_row(ds))
@@ -210,23 +253,24 @@ def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) 
             log.warning("series %s failed: %s", ds.attrs["series"], ds.attrs.get("error"))
             continue
         tables.append(image_table(ds))
-        figures.series_figure(
-            ds["phase"].values,
-            ds["tie_phase"].values,
-            ds.attrs["pixel_size_nm"],
-            ds.attrs["series"],
-            fig_dir / f"{ds.attrs['series']}.png",
-        )
+        done[ds.attrs["series"]] = path
     params = (
         pd.concat(tables, ignore_index=True)
         if tables
         else pd.DataFrame(columns=["series", "defocus_nominal_nm", "defocus_nm"])
     )
-    summary = pd.DataFrame(rows)
-    summary["outlier"] = False
+    summary = summary_table(rows, threshold)
     ok = summary["status"] == "ok"
-    if ok.any():
-        summary.loc[ok, "outlier"] = robust_outliers(summary.loc[ok, "defocus_scale"], threshold)
+    # The figures once the quality is known (their titles carry it), one store in memory at a time.
+    for _, row in summary[ok].iterrows():
+        ds = io.open_store(done[row["series"]])
+        figures.series_figure(
+            ds["phase"].values,
+            ds["tie_phase"].values,
+            ds.attrs["pixel_size_nm"],
+            figure_title(row),
+            fig_dir / f"{row['series']}.png",
+        )
     params.to_csv(out_dir / "parameters.csv", index=False, float_format="%.6g")
     summary.to_csv(out_dir / "series_summary.csv", index=False, float_format="%.6g")
     result = campaign_summary(campaign, params, summary, threshold)

@@ -188,6 +188,8 @@ class SeriesRegistration:
     scale: np.ndarray  # (N,)
     confidence: np.ndarray  # (N,) the best drift registration that places each image
     residual_px: float  # RMS disagreement of the pairwise drift registrations with the solution
+    largest_pair_shift_px: float = 0.0  # largest |y| or |x| drift registered between a pair in use
+    rejected_pairs: int = 0  # pairs left out for disagreeing with the others by more than OUTLIER_PX
 
 
 def shift_image(image: np.ndarray, shift_px) -> np.ndarray:
@@ -392,12 +394,14 @@ def series_registration(
             weights[weakest] = 0.0
     shifts, residual = solve_shifts(n, pairs, measured, weights, anchor)
     residual[weights == 0] = 0.0
+    rejected = 0
     while residual.max() > OUTLIER_PX:
         worst = int(np.argmax(residual))
         if not _still_connected(placed, pairs, weights, worst):
             break
         log.info("pair %s disagrees with the others by %.2f px; left out", pairs[worst], residual[worst])
         weights[worst] = 0.0
+        rejected += 1
         shifts, residual = solve_shifts(n, pairs, measured, weights, anchor)
         residual[weights == 0] = 0.0
     order = np.argsort(df[placed])
@@ -406,8 +410,10 @@ def series_registration(
     shifts -= shifts[reference]
     # The drift was registered with rotation and scale undone; in the image's own frame it is A d.
     shifts = np.array([similarity_matrix(r, c) @ d for d, r, c in zip(shifts, rotation, scale, strict=True)])
-    rms = float(np.sqrt(np.mean(residual[weights > 0] ** 2))) if (weights > 0).any() else 0.0
-    return SeriesRegistration(shifts, rotation, scale, per_image, rms)
+    used = weights > 0
+    rms = float(np.sqrt(np.mean(residual[used] ** 2))) if used.any() else 0.0
+    largest = float(np.abs(measured[used]).max()) if used.any() else 0.0
+    return SeriesRegistration(shifts, rotation, scale, per_image, rms, largest, rejected)
 
 
 def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.Dataset:
@@ -431,9 +437,19 @@ def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.D
             reg.confidence[k],
             s.min_confidence,
         )
-    aligned.attrs["alignment_warning"] = (
-        f"low registration confidence for image(s) {low} (below {s.min_confidence}): check the alignment" if low else ""
+    if reg.largest_pair_shift_px > s.max_shift_px:
+        log.warning(
+            "%s: a pair of images registered %.1f px apart, beyond max_shift_px %g: the drift may be wrong",
+            ds.attrs.get("series", ""),
+            reg.largest_pair_shift_px,
+            s.max_shift_px,
+        )
+    aligned.attrs.update(
+        alignment_transform=s.transform,
+        alignment_residual_px=reg.residual_px,
+        alignment_largest_pair_shift_px=reg.largest_pair_shift_px,
+        alignment_rejected_pairs=reg.rejected_pairs,
+        alignment_max_shift_px=float(s.max_shift_px),
+        alignment_min_confidence=float(s.min_confidence),
     )
-    aligned.attrs["alignment_transform"] = s.transform
-    aligned.attrs["alignment_residual_px"] = reg.residual_px
     return aligned

@@ -50,22 +50,29 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     log.info("wrote %d series and the sheet %s", len(specs), sheet)
 
 
-def _write_failure(series: str, out: str, stage: str, message: str) -> None:
+def _fail(args: argparse.Namespace, failed) -> None:
+    """A series failed (``failed``: its failed Dataset, see :func:`phasepipe.io.failed_dataset`).
+
+    Inside the workflow (``--record-failure``) the failure is written as the stage's output, so
+    that it travels to the release summary and the other series go on; run alone, the command
+    writes nothing and exits with status 1.
+    """
     from phasepipe import io
 
-    log.error("%s", message)
-    io.write_store(io.failed_dataset(series, message, stage), out)
+    log.error("%s", failed.attrs["error"])
+    if not args.record_failure:
+        sys.exit(1)
+    io.write_store(failed, args.out)
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from phasepipe import io
+    from phasepipe import configuration, io, sheet
 
-    microscope = json.loads(args.microscope)
+    microscope = json.loads(args.microscope) if args.microscope else configuration.shipped_defaults()["microscope"]
     try:
-        ds = io.ingest(io.sheet_row(args.sheet, args.series), microscope)
+        ds = io.ingest(sheet.sheet_row(args.sheet, args.series, microscope), microscope)
     except io.InputError as exc:
-        # A bad series fails alone: its failure travels to the release summary.
-        _write_failure(args.series, args.out, "ingest", str(exc))
+        _fail(args, io.failed_dataset(args.series, str(exc), "ingest"))
         return
     io.write_store(ds, args.out)
     log.info("ingested %s: %d images of %s px", args.series, ds.sizes["image"], (ds.sizes["y"], ds.sizes["x"]))
@@ -80,19 +87,21 @@ def cmd_align(args: argparse.Namespace) -> None:
         log.error("align settings: %s", exc)
         sys.exit(2)
     ds = io.open_store(args.input).load()
-    if not io.is_failed(ds):
-        ds = align.align_dataset(ds, settings)
-        for k in range(ds.sizes["image"]):
-            log.info(
-                "image %d: drift (%.2f, %.2f) px, rotation %.4f deg, scale %.5f, confidence %.2f",
-                k,
-                ds["shift_y_px"][k],
-                ds["shift_x_px"][k],
-                ds["rotation_deg"][k],
-                ds["scale"][k],
-                ds["registration_confidence"][k],
-            )
-        log.info("pairwise registrations agree with the solution within %.2f px RMS", ds.attrs["alignment_residual_px"])
+    if io.is_failed(ds):
+        _fail(args, ds)
+        return
+    ds = align.align_dataset(ds, settings)
+    for k in range(ds.sizes["image"]):
+        log.info(
+            "image %d: drift (%.2f, %.2f) px, rotation %.4f deg, scale %.5f, confidence %.2f",
+            k,
+            ds["shift_y_px"][k],
+            ds["shift_x_px"][k],
+            ds["rotation_deg"][k],
+            ds["scale"][k],
+            ds["registration_confidence"][k],
+        )
+    log.info("pairwise registrations agree with the solution within %.2f px RMS", ds.attrs["alignment_residual_px"])
     io.write_store(ds, args.out)
 
 
@@ -104,7 +113,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     ds = io.open_store(args.input)
     if io.is_failed(ds):
-        io.write_store(ds.load(), args.out)
+        _fail(args, ds.load())
         return
     section = json.loads(args.settings)
     settings = reconstruct.settings_from_config(section)
@@ -130,7 +139,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         sys.exit(2)
     except reconstruct.FitDiverged as exc:
         # Like bad input, it fails this series alone, and the failure reaches the release summary.
-        _write_failure(series, args.out, "reconstruct", f"series {series}: {exc}")
+        _fail(args, io.failed_dataset(series, f"series {series}: {exc}", "reconstruct"))
         return
     log.info(
         "%s: %d iterations in %.1f s, misfit %.3e, defocus %s nm",
@@ -231,6 +240,32 @@ def cmd_releases(args: argparse.Namespace) -> None:
         print(f"  {where}: {m['parameter']} {m['from']:.6g} -> {m['to']:.6g} (sigma {m['sigma']:.3g})")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from phasepipe import export
+
+    try:
+        written = export.export_release(Path(args.release), Path(args.out))
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    for path in written:
+        print(path)
+    log.info("wrote %d calibrated TIFF maps into %s", len(written), args.out)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from phasepipe import status
+
+    results = Path(args.results)
+    series = sorted(p.stem for p in (results / "work" / "ingested").glob("*.zarr"))
+    table = status.campaign_table(results, series)
+    if table.empty:
+        log.error("no campaign under %s (no release, no ingested series)", results)
+        sys.exit(2)
+    print(status.counts_line(table))
+    print(status.format_table(table))
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from phasepipe import io
 
@@ -249,6 +284,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(f"phasepipe inspect: {r['error']}", file=sys.stderr)
     if bad:
         sys.exit(1)
+
+
+def _record_failure_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record-failure",
+        action="store_true",
+        help="when the series fails, write its failure as the output and exit 0 (what the workflow does, so "
+        "that the release lists it); without it a failure exits with status 1 and writes nothing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,14 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="read and validate one series of the sheet into a Zarr store")
     p.add_argument("--sheet", required=True, help="series sheet (TSV)")
     p.add_argument("--series", required=True, help="series id")
-    p.add_argument("--microscope", default="{}", help="JSON of microscope defaults (config 'microscope')")
+    p.add_argument(
+        "--microscope", help="JSON of microscope defaults (config 'microscope'; default: the shipped config's)"
+    )
     p.add_argument("--out", required=True, help="output store (.zarr)")
+    _record_failure_flag(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("align", help="register the images of an ingested series")
     p.add_argument("--in", dest="input", required=True, help="ingested store")
     p.add_argument("--out", required=True, help="aligned store")
     p.add_argument("--settings", default="{}", help="JSON of the config's 'align' section")
+    _record_failure_flag(p)
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("reconstruct", help="fit phase and microscope parameters of an aligned series")
@@ -296,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the finished tiles' records, kept until the output is complete so that a killed run "
         "resumes (default: beside --out, named <out>.tiles)",
     )
+    _record_failure_flag(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("aggregate", help="campaign tables, statistics and figures from reconstructed stores")
@@ -320,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help="image files (TIFF, DM3/DM4, EMD, MRC, ...)")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per file")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "export", help="write every map of a release's series as a calibrated TIFF (<series>_<variable>.tif)"
+    )
+    p.add_argument("release", help="a release folder (results/releases/<id>)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("status", help="the table of series, status, quality and reason of a results folder")
+    p.add_argument("results", nargs="?", default="results", help="results_dir of the campaign (default: results)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("releases", help="list published releases, or compare two")
     actions = p.add_subparsers(dest="action", required=True)

@@ -1,4 +1,4 @@
-"""Reading what microscopes write, the series sheet, and the Zarr stores that join the stages.
+"""Reading what microscopes write, ingesting a series, and the Zarr stores that join the stages.
 
 Every stage reads and writes one xarray Dataset per series in a Zarr (v3) store. A store whose
 series failed carries ``attrs["status"] == "failed"`` and the message, so that one bad series
@@ -7,25 +7,23 @@ travels through the workflow to the release summary instead of stopping the camp
 
 from __future__ import annotations
 
-import csv
-import glob
 import hashlib
 import json
 import math
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
 import xarray as xr
 
+if TYPE_CHECKING:
+    from phasepipe.sheet import SeriesRow
+
 SERIES_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-REQUIRED_COLUMNS = ("series", "files", "defocus_nm")
-MICROSCOPE_COLUMNS = ("voltage_kv", "cs_mm", "beam_divergence_mrad", "defocus_spread_nm")
-OPTIONAL_COLUMNS = ("pixel_size_nm", *MICROSCOPE_COLUMNS, "acquired", "session", "truth")
 UNIT_TO_NM = {
     "pm": 1e-3,
     "a": 0.1,
@@ -51,118 +49,6 @@ RSCIIO_MODULES = {
 
 class InputError(ValueError):
     """Bad input: the message names the series, the file and what is wrong."""
-
-
-@dataclass(frozen=True)
-class SeriesRow:
-    """One validated row of the series sheet."""
-
-    series: str
-    files: str
-    defocus_nm: tuple[float, ...]
-    sheet_dir: Path
-    pixel_size_nm: float | None = None
-    microscope: dict[str, float] = field(default_factory=dict)
-    acquired: str = ""
-    session: str = ""
-    truth: str = ""
-
-    def paths(self) -> list[Path]:
-        """Image files of the series: a ';' list or globs, relative to the sheet, sorted naturally."""
-        paths: list[Path] = []
-        for part in (p.strip() for p in self.files.split(";")):
-            if not part:
-                continue
-            if glob.has_magic(part):
-                # Only the sheet's own entry is a pattern: the folder it lives in is taken literally.
-                pattern = str(Path(glob.escape(str(self.sheet_dir))) / part)
-                matches = sorted(glob.glob(pattern), key=_natural_key)
-            else:
-                matches = [str(self.sheet_dir / part)]
-            if not matches:
-                raise InputError(f"series {self.series}: no file matches {part!r}")
-            paths.extend(Path(m) for m in matches)
-        if not paths:
-            raise InputError(f"series {self.series}: the files column names no file: {self.files!r}")
-        return paths
-
-
-def _natural_key(text: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
-
-
-def _number(value: str, series: str, column: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(f"series {series}: column {column} is not a number: {value!r}") from None
-
-
-def read_sheet(path: str | Path) -> list[SeriesRow]:
-    """Parse and validate a series sheet (TSV); raises :class:`InputError` naming row and column."""
-    path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise InputError(f"series sheet {path}: missing required column(s) {', '.join(missing)}")
-        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-        if unknown:
-            raise InputError(f"series sheet {path}: unknown column(s) {', '.join(unknown)}")
-        rows = []
-        seen: dict[str, int] = {}
-        for line, raw in enumerate(reader, start=2):
-            if None in raw:  # csv puts fields beyond the header under the key None
-                raise InputError(f"series sheet {path}, line {line}: more fields than the header has columns")
-            raw = {k: (v or "").strip() for k, v in raw.items()}
-            sid = raw["series"]
-            if not SERIES_ID.match(sid):
-                raise InputError(
-                    f"series sheet {path}, line {line}: series id {sid!r} is not allowed "
-                    "(letters, digits, '_', '.', '-', starting with a letter or digit)"
-                )
-            if sid in seen:
-                raise InputError(
-                    f"series sheet {path}, line {line}: duplicate series id {sid!r} (first on line {seen[sid]})"
-                )
-            seen[sid] = line
-            if not raw["files"]:
-                raise InputError(f"series sheet {path}, line {line}: series {sid}: empty files")
-            defocus = tuple(_number(v, sid, "defocus_nm") for v in raw["defocus_nm"].split(",") if v.strip())
-            if not defocus:
-                raise InputError(f"series sheet {path}, line {line}: series {sid}: empty defocus_nm")
-            if not all(math.isfinite(d) for d in defocus):
-                raise InputError(f"series sheet {path}, line {line}: series {sid}: defocus_nm must be finite numbers")
-            pixel = raw.get("pixel_size_nm", "")
-            pixel_size = _number(pixel, sid, "pixel_size_nm") if pixel else None
-            if pixel_size is not None and not pixel_size > 0:
-                raise InputError(f"series sheet {path}, line {line}: series {sid}: pixel_size_nm must be positive")
-            microscope = {c: _number(raw[c], sid, c) for c in MICROSCOPE_COLUMNS if raw.get(c)}
-            rows.append(
-                SeriesRow(
-                    series=sid,
-                    files=raw["files"],
-                    defocus_nm=defocus,
-                    sheet_dir=path.parent,
-                    pixel_size_nm=pixel_size,
-                    microscope=microscope,
-                    acquired=raw.get("acquired", ""),
-                    session=raw.get("session", ""),
-                    truth=raw.get("truth", ""),
-                )
-            )
-    if not rows:
-        raise InputError(f"series sheet {path}: no series")
-    return rows
-
-
-def sheet_row(path: str | Path, series: str) -> SeriesRow:
-    """The validated row of one series."""
-    for row in read_sheet(path):
-        if row.series == series:
-            return row
-    raise InputError(f"series sheet {path}: no series {series!r}")
 
 
 def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
@@ -194,6 +80,19 @@ def read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, dict]
             sizes.append(den / num * UNIT_TO_NM[unit] if num > 0 and den > 0 else float("nan"))
         pixel = (sizes[0], sizes[1])
     return data, pixel, {"format": "TIFF", "unit": unit}
+
+
+def write_tiff(path: Path, data: np.ndarray, pixel_size_nm: float) -> None:
+    """A float32 ImageJ TIFF calibrated in nm (its resolution tags and unit), read back alike by
+    :func:`read_tiff`, Fiji and DigitalMicrograph: one image (y, x) or a stack (n, y, x)."""
+    data = np.asarray(data, dtype=np.float32)
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / pixel_size_nm, 1 / pixel_size_nm),
+        metadata={"unit": "nm", "axes": "ZYX"[-data.ndim :]},
+    )
 
 
 def _rsciio_module(path: Path):
@@ -451,7 +350,15 @@ def repair_outlier_pixels(stack: np.ndarray, threshold: float = 10.0) -> tuple[i
 
 
 def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
-    """Read and validate one series into the ingested Dataset (raw intensities + settings)."""
+    """Read and validate one series into the ingested Dataset (raw intensities + settings).
+
+    A row with a problem of its own (:mod:`phasepipe.sheet`) fails before any file is read; a
+    defocus list that cannot form contrast at the files' pixel size fails once that is known.
+    """
+    from phasepipe.sheet import defocus_problem
+
+    if row.problem:
+        raise InputError(row.problem)
     paths = row.paths()
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Checksums of the raw files are computed beside the decoding: hashlib releases the GIL.
@@ -469,8 +376,10 @@ def ingest(row: SeriesRow, microscope_defaults: dict[str, float]) -> xr.Dataset:
         raise InputError(f"{where}: {problem}")
     else:
         pixel_size = pixel[1]
-    hot, dead = repair_outlier_pixels(stack)
     microscope = {**microscope_defaults, **row.microscope}
+    if problem := defocus_problem(row.defocus_nm, pixel_size, microscope["voltage_kv"]):
+        raise InputError(f"series {row.series}: column defocus_nm, at {pixel_size:g} nm pixels: {problem}")
+    hot, dead = repair_outlier_pixels(stack)
     n, h, w = stack.shape
     ds = xr.Dataset(
         {

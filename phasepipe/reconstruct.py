@@ -888,6 +888,9 @@ def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -
             "noise": result.noise,
             "tv_weight": result.tv_weight,
             "iterations": result.iterations,
+            "iteration_cap": settings.max_iterations,
+            # iterations: auto stops on convergence; reaching the cap instead means it did not converge
+            "stopped_at_cap": int(settings.converge and result.iterations >= settings.max_iterations),
             "seconds": result.seconds,
             "device": settings.device,
         },

@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import xarray as xr
 
-from phasepipe import physics
+from phasepipe import io, physics
 
 TEXTURES = ("vortex", "skyrmions", "stripes")
 PARTICLE_INNER_POTENTIAL_V = 10.0
@@ -199,17 +198,6 @@ def _spec_attrs(spec: SeriesSpec) -> dict:
     return attrs
 
 
-def write_tiff_series(path: Path, images: np.ndarray, pixel_size_nm: float) -> None:
-    """A calibrated multi-page ImageJ TIFF, as acquisition software exports a stack."""
-    tifffile.imwrite(
-        path,
-        images,
-        imagej=True,
-        resolution=(1 / pixel_size_nm, 1 / pixel_size_nm),
-        metadata={"unit": "nm", "axes": "ZYX"},
-    )
-
-
 SHEET_COLUMNS = ("series", "files", "defocus_nm", "session", "acquired", "truth")
 
 
@@ -220,7 +208,7 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
     rows = []
     for spec in specs:
         images, truth = simulate_series(spec)
-        write_tiff_series(out_dir / f"{spec.series}.tif", images, spec.pixel_size_nm)
+        io.write_tiff(out_dir / f"{spec.series}.tif", images, spec.pixel_size_nm)
         truth.to_zarr(out_dir / f"{spec.series}.truth.zarr", mode="w", zarr_format=3, consolidated=False)
         rows.append(
             {

@@ -14,14 +14,14 @@ from phasepipe import aggregate, figures, io
 
 NOMINAL = np.array([-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6])
 N_PX = 32
-# series -> (session, true/nominal defocus scale); s6 is far off the others: the outlier.
+# series -> (session, true/nominal defocus scale); s6 is far off the others of its session: the outlier.
 SERIES = {
     "s1": ("day1", 1.038),
     "s2": ("day1", 1.040),
     "s3": ("day1", 1.042),
     "s4": ("day2", 1.019),
     "s5": ("day2", 1.021),
-    "s6": ("day3", 1.5),
+    "s6": ("day2", 1.5),
 }
 FAILED_ERROR = "series s0_bad (s0_bad.tif): 2 images but 5 defocus values"
 
@@ -146,7 +146,7 @@ def _reconstructed(series: str, session: str, scale: float, seed: int) -> xr.Dat
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> tuple[list[Path], dict[str, xr.Dataset]]:
-    """Six reconstructed stores in three sessions (s6 the outlier) and one failed store."""
+    """Six reconstructed stores in two sessions (s6 the outlier of day2) and one failed store."""
     work = tmp_path_factory.mktemp("work")
     datasets = {
         name: _reconstructed(name, session, scale, seed)
@@ -216,6 +216,9 @@ def test_series_summary_csv(aggregated):
         assert float(row["defocus_scale"]) == pytest.approx(scale, abs=2e-4)
         assert int(row["n_images"]) == 5
         assert str(row["outlier"]) == str(name == "s6")
+        assert row["quality"] == ("warning" if name == "s6" else "ok")
+    assert "outlier of session day2" in summary.loc["s6", "quality_reasons"]
+    assert summary.loc["s0_bad", "quality"] == "failed"
     # drift: rms of |(dy, dx)| over the images = sqrt((1 + 0.3125 + 0 + 0.3125 + 1) / 5)
     assert float(summary.loc["s1", "drift_rms_px"]) == pytest.approx(np.sqrt(2.625 / 5), rel=1e-5)
     assert float(summary.loc["s1", "acc_ad_vs_tie"]) > 0.99
@@ -227,8 +230,9 @@ def test_campaign_summary_json(aggregated):
     assert result["counts"] == {"series": 7, "done": 6, "failed": 1}
     assert result["failed"] == [{"series": "s0_bad", "error": FAILED_ERROR}]
     assert result["outliers"]["series"] == ["s6"]
-    assert sorted(result["sessions"]) == ["day1", "day2", "day3"]
-    for session, scale, n_series in (("day1", 1.04, 3), ("day2", 1.02, 2), ("day3", 1.5, 1)):
+    assert sorted(result["sessions"]) == ["day1", "day2"]
+    assert result["sessions"]["day2"]["n_series"] == 3
+    for session, scale, n_series in (("day1", 1.04, 3),):
         block = result["sessions"][session]
         assert block["n_series"] == n_series
         fit = block["defocus_calibration"]

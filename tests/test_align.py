@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from phasepipe import align, physics, simulate
+from phasepipe import align, physics, quality, simulate
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 
@@ -158,8 +158,8 @@ def test_solve_shifts_is_exact_for_consistent_pairs_and_pins_the_reference():
 
 
 def test_unrelated_image_is_flagged_with_low_confidence():
-    """An image that shares nothing with the series gets a confidence far below the others and a
-    warning in the aligned store."""
+    """An image that shares nothing with the series gets a confidence far below the others, and
+    the series' quality names it."""
     images, df, _ = simulated(texture="stripes", b0_t=0.0, n_particles=20, seed=0)
     images[4] = 1000 * (1 + 0.05 * np.random.default_rng(3).standard_normal(images[4].shape))
     ds = xr.Dataset(
@@ -169,7 +169,31 @@ def test_unrelated_image_is_flagged_with_low_confidence():
     aligned = align.align_dataset(ds)
     confidence = aligned["registration_confidence"].values
     assert confidence[4] < align.AlignSettings().min_confidence < confidence[[0, 1, 3]].min()
-    assert "[4]" in aligned.attrs["alignment_warning"]
+    (reason,) = quality.alignment_reasons(aligned.attrs, confidence)
+    assert "image(s) [4] below align.min_confidence 0.15" in reason
+
+
+def test_drift_registered_beyond_the_search_window_is_flagged():
+    """A skyrmion film of 128 px at +-1.6 mm (Lorentz contrast moving features by pixels between
+    defocus levels; drift of 3 px) registers pairs tens of px apart, beyond max_shift_px 16: the
+    aligned store records it and the quality verdict warns, where the release used to say ok."""
+    spec = simulate.SeriesSpec("sk", "skyrmions", size_px=128, seed=0)
+    images, truth = simulate.simulate_series(spec)
+    ds = xr.Dataset(
+        {
+            "intensity": (("image", "y", "x"), images),
+            "defocus_nominal_nm": (("image",), np.array(spec.defocus_nominal_nm)),
+        },
+        attrs={"series": "sk"},
+    )
+    aligned = align.align_dataset(ds)
+    drift = np.hypot(aligned["shift_y_px"].values, aligned["shift_x_px"].values)
+    true_drift = np.hypot(truth["shift_y_px"].values, truth["shift_x_px"].values)
+    assert drift.max() > 16 > 2 * true_drift.max()  # the registration is wrong, by tens of px
+    assert aligned.attrs["alignment_largest_pair_shift_px"] > aligned.attrs["alignment_max_shift_px"] == 16
+    reasons = quality.alignment_reasons(aligned.attrs, aligned["registration_confidence"].values)
+    assert any("beyond align.max_shift_px 16" in r for r in reasons)
+    assert quality.verdict("ok", reasons) == "warning"
 
 
 def test_bounded_search_of_the_signed_correlation():

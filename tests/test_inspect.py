@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasepipe import cli, io
+from phasepipe import cli, io, sheet
 
 FORMATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "formats"
 DEFAULTS = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
@@ -167,7 +167,7 @@ def test_cli_inspect_exits_non_zero_with_a_line_per_bad_file(formats, truncated_
 
 
 def test_ingest_refuses_a_truncated_dm3_naming_series_and_file(truncated_dm3):
-    row = io.SeriesRow("s1", truncated_dm3.name, (0.0,), truncated_dm3.parent)
+    row = sheet.SeriesRow("s1", truncated_dm3.name, (0.0,), truncated_dm3.parent)
     with pytest.raises(io.InputError, match=r"series s1: file .*cut\.dm3 .*truncated"):
         io.ingest(row, DEFAULTS)
 
@@ -176,14 +176,14 @@ def test_ingest_dm3_stack_from_sheet(formats, tmp_path):
     """A DM3 stack through a sheet row: calibrated in µm (stackbuilder) and uncalibrated with pixel_size_nm."""
     for name in ("test_stackbuilder_imagestack.dm3", "test-2-stack.dm3"):
         shutil.copy(formats / name, tmp_path / name)
-    sheet = tmp_path / "series.tsv"
-    sheet.write_text(
+    path = tmp_path / "series.tsv"
+    path.write_text(
         "series\tfiles\tdefocus_nm\tpixel_size_nm\n"
-        "calibrated\ttest_stackbuilder_imagestack.dm3\t-1e5,0,1e5\t\n"
+        "calibrated\ttest_stackbuilder_imagestack.dm3\t-1.6mm,0,1.6mm\t\n"
         "given\ttest-2-stack.dm3\t-1e5,1e5\t2.5\n"
         "missing\ttest-2-stack.dm3\t-1e5,1e5\t\n"
     )
-    ds = io.ingest(io.sheet_row(sheet, "calibrated"), DEFAULTS)
+    ds = io.ingest(sheet.sheet_row(path, "calibrated"), DEFAULTS)
     assert ds["intensity"].shape == (3, 2, 16)
     assert ds.attrs["pixel_size_nm"] == pytest.approx(59.98290330171585)
     assert ds.attrs["source_format"] == "DigitalMicrograph"
@@ -193,12 +193,12 @@ def test_ingest_dm3_stack_from_sheet(formats, tmp_path):
     (signal,) = file_reader(str(formats / "test_stackbuilder_imagestack.dm3"))
     np.testing.assert_array_equal(ds["intensity"].values, signal["data"].astype(np.float32))
 
-    ds = io.ingest(io.sheet_row(sheet, "given"), DEFAULTS)
+    ds = io.ingest(sheet.sheet_row(path, "given"), DEFAULTS)
     assert ds["intensity"].shape == (2, 2, 2)
     assert ds.attrs["pixel_size_nm"] == 2.5
 
     with pytest.raises(io.InputError, match="series missing.*pixel_size_nm"):
-        io.ingest(io.sheet_row(sheet, "missing"), DEFAULTS)
+        io.ingest(sheet.sheet_row(path, "missing"), DEFAULTS)
 
 
 def test_rsciio_meta_picks_voltage_magnification_exposure_and_time():
@@ -230,10 +230,10 @@ def test_every_vendor_file_ingests(formats, name):
     square calibration): float32 intensities of the file's shape, coordinates in nm."""
     _, shape, _, pixel = EXPECTED[name]
     square = pixel is not None and pixel[0] == pixel[1]
-    row = io.SeriesRow(
+    row = sheet.SeriesRow(
         series="s1",
         files=name,
-        defocus_nm=tuple(float(k) for k in range(shape[0])),
+        defocus_nm=tuple(1.6e6 * (k + 1) for k in range(shape[0])),  # forms contrast at 60 nm pixels
         sheet_dir=formats,
         pixel_size_nm=None if square else 2.5,
     )

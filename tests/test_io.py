@@ -1,4 +1,4 @@
-"""Input: the series sheet, image files (TIFF) and the Zarr stores that join the stages."""
+"""Input: image files (TIFF), ingestion of a series and the Zarr stores that join the stages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import xarray as xr
 
-from phasepipe import io, simulate
+from phasepipe import io, sheet, simulate
 
 DEFOCUS = (-1.6e6, 0.0, 1.6e6)
 DEFAULTS = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
@@ -36,134 +36,15 @@ def images() -> np.ndarray:
 
 def _write_2d(path: Path, image: np.ndarray, pixel_size_nm: float = 5.0) -> None:
     """One calibrated 2-D image file (a 1-page ImageJ TIFF, read back as 2-D)."""
-    simulate.write_tiff_series(path, image[None], pixel_size_nm)
+    io.write_tiff(path, image[None], pixel_size_nm)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# read_sheet
-# ---------------------------------------------------------------------------------------------
-
-
-def test_read_sheet_parses_a_good_sheet(tmp_path):
-    """Every column is parsed: defocus to floats, pixel size, microscope overrides, session, acquired."""
-    sheet = _sheet(
-        tmp_path,
-        "series|files|defocus_nm|pixel_size_nm|voltage_kv|cs_mm|session|acquired\n"
-        "s1|s1.tif|-1600000, 0 ,1.6e6|2.5|300||day1|2026-03-02T10:15:00\n"
-        "s2.b-c_d|img*.tif|-8e5,0,8e5|||1.2||\n",
-    )
-    first, second = io.read_sheet(sheet)
-    assert first.series == "s1"
-    assert first.files == "s1.tif"
-    assert first.defocus_nm == (-1.6e6, 0.0, 1.6e6)
-    assert all(isinstance(d, float) for d in first.defocus_nm)
-    assert first.pixel_size_nm == 2.5
-    assert first.microscope == {"voltage_kv": 300.0}
-    assert first.session == "day1"
-    assert first.acquired == "2026-03-02T10:15:00"
-    assert first.sheet_dir == tmp_path
-    assert second.series == "s2.b-c_d"
-    assert second.defocus_nm == (-8e5, 0.0, 8e5)
-    assert second.pixel_size_nm is None
-    assert second.microscope == {"cs_mm": 1.2}
-    assert second.session == ""
-    assert second.acquired == ""
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param("series|files\ns1|s1.tif\n", ["missing required column", "defocus_nm"], id="missing-column"),
-        pytest.param(f"{HEADER}|colour\ns1|s1.tif|-1,0,1|red\n", ["unknown column", "colour"], id="unknown-column"),
-        pytest.param(f"{HEADER}\ns1|a.tif|-1,0,1\n../evil|b.tif|-1,0,1\n", ["line 3", "'../evil'"], id="dotdot-id"),
-        pytest.param(f"{HEADER}\na/b|b.tif|-1,0,1\n", ["line 2", "'a/b'"], id="slash-id"),
-        pytest.param(f"{HEADER}\n-x|b.tif|-1,0,1\n", ["line 2", "'-x'"], id="dash-id"),
-        pytest.param(
-            f"{HEADER}\ns1|a.tif|-1,0,1\ns2|b.tif|-1,0,1\ns1|c.tif|-1,0,1\n",
-            ["duplicate", "'s1'", "line 4", "line 2"],
-            id="duplicate-id",
-        ),
-        pytest.param(
-            f"{HEADER}\ns1|a.tif|-1,0,1\ns2|b.tif|-1,zero,1\n", ["series s2", "defocus_nm", "'zero'"], id="defocus-text"
-        ),
-        pytest.param(f"{HEADER}\ns1|a.tif| , \n", ["line 2", "series s1", "empty defocus_nm"], id="defocus-empty"),
-        pytest.param(
-            f"{HEADER}|pixel_size_nm\ns1|a.tif|-1,0,1|0\n", ["line 2", "series s1", "pixel_size_nm"], id="pixel-zero"
-        ),
-        pytest.param(
-            f"{HEADER}|pixel_size_nm\ns1|a.tif|-1,0,1|-2.5\n",
-            ["line 2", "series s1", "pixel_size_nm"],
-            id="pixel-negative",
-        ),
-        pytest.param(f"{HEADER}\n", ["no series"], id="header-only"),
-        pytest.param("", ["missing required column"], id="empty-file"),
-    ],
-)
-def test_read_sheet_refuses_bad_sheets(tmp_path, text, expected):
-    """A bad sheet raises InputError naming the sheet, the problem and the line or series."""
-    sheet = _sheet(tmp_path, text)
-    with pytest.raises(io.InputError) as info:
-        io.read_sheet(sheet)
-    message = str(info.value)
-    assert str(sheet) in message or "series s" in message
-    message = message.replace(str(tmp_path), "<dir>")  # test names are in tmp_path
-    for part in expected:
-        assert part in message, f"{part!r} not in {message!r}"
-
-
-def test_read_sheet_refuses_non_finite_defocus(tmp_path):
-    """A defocus of nan or inf is not a number a microscope can be set to; the sheet is refused."""
-    sheet = _sheet(tmp_path, f"{HEADER}\ns1|a.tif|nan,0,inf\n")
-    with pytest.raises(io.InputError, match="defocus_nm"):
-        io.read_sheet(sheet)
-
-
-def test_read_sheet_refuses_a_row_with_extra_fields(tmp_path):
-    """A row with a stray extra tab-separated field is bad input with a message, not a crash."""
-    sheet = _sheet(tmp_path, f"{HEADER}\ns1|a.tif|-1,0,1|oops\n")
-    with pytest.raises(io.InputError, match="line 2"):
-        io.read_sheet(sheet)
-
-
-# ---------------------------------------------------------------------------------------------
-# SeriesRow.paths
-# ---------------------------------------------------------------------------------------------
-
-
-def _row(tmp_path: Path, files: str, defocus=DEFOCUS, **kwargs) -> io.SeriesRow:
-    return io.SeriesRow(series="s1", files=files, defocus_nm=tuple(defocus), sheet_dir=tmp_path, **kwargs)
-
-
-def test_paths_semicolon_list_keeps_the_given_order(tmp_path):
-    """'c; a ;b' lists three files relative to the sheet, in the order written, spaces stripped."""
-    assert _row(tmp_path, "c.tif; a.tif ;b.tif").paths() == [tmp_path / "c.tif", tmp_path / "a.tif", tmp_path / "b.tif"]
-
-
-def test_paths_glob_sorted_naturally(tmp_path):
-    """A glob's matches are sorted naturally: img2 before img10 (plain sorting would put img10 first)."""
-    for k in (10, 1, 2):
-        (tmp_path / f"img{k}.tif").write_bytes(b"")
-    (tmp_path / "other.tif").write_bytes(b"")
-    assert _row(tmp_path, "img*.tif").paths() == [tmp_path / f"img{k}.tif" for k in (1, 2, 10)]
-    assert _row(tmp_path, "other.tif;img1?.tif").paths() == [tmp_path / "other.tif", tmp_path / "img10.tif"]
-
-
-def test_paths_glob_without_match_names_the_series(tmp_path):
-    """A glob matching nothing raises InputError naming the series and the pattern."""
-    with pytest.raises(io.InputError, match=r"series s1: .*'nothing\*\.tif'"):
-        _row(tmp_path, "nothing*.tif").paths()
-
-
-def test_paths_glob_in_a_folder_with_brackets(tmp_path):
-    """Only the sheet's files column is a pattern; its folder name is taken literally."""
-    folder = tmp_path / "run[1]"
-    folder.mkdir()
-    (folder / "img1.tif").write_bytes(b"")
-    assert _row(folder, "img*.tif").paths() == [folder / "img1.tif"]
+def _row(tmp_path: Path, files: str, defocus=DEFOCUS, **kwargs) -> sheet.SeriesRow:
+    return sheet.SeriesRow(series="s1", files=files, defocus_nm=tuple(defocus), sheet_dir=tmp_path, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +55,7 @@ def test_paths_glob_in_a_folder_with_brackets(tmp_path):
 def test_ingest_simulated_campaign(tmp_path):
     """A campaign written by the simulator ingests: float32 (image, y, x), nm coords, nominal defocus, provenance."""
     spec = simulate.SeriesSpec("s1", "vortex", size_px=32, defocus_nominal_nm=DEFOCUS, seed=1, session="day1")
-    sheet = simulate.write_campaign(tmp_path, [spec])
-    (row,) = io.read_sheet(sheet)
+    (row,) = sheet.read_sheet(simulate.write_campaign(tmp_path, [spec]))
     ds = io.ingest(row, DEFAULTS)
     expected, _ = simulate.simulate_series(spec)
     assert ds["intensity"].dims == ("image", "y", "x")
@@ -196,12 +76,12 @@ def test_ingest_simulated_campaign(tmp_path):
 
 def test_ingest_microscope_overrides_and_pixel_size_from_sheet(tmp_path, images):
     """Sheet columns override the microscope defaults; pixel_size_nm overrides the file's 5 nm calibration."""
-    simulate.write_tiff_series(tmp_path / "stack.tif", images, 5.0)
-    sheet = _sheet(
+    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    path = _sheet(
         tmp_path,
         f"{HEADER}|pixel_size_nm|voltage_kv|defocus_spread_nm\ns1|stack.tif|-1.6e6,0,1.6e6|2.5|300|250\n",
     )
-    ds = io.ingest(io.sheet_row(sheet, "s1"), DEFAULTS)
+    ds = io.ingest(sheet.sheet_row(path, "s1"), DEFAULTS)
     assert ds.attrs["pixel_size_nm"] == 2.5
     assert float(ds["y"][1] - ds["y"][0]) == pytest.approx(2.5)
     assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(2.5)
@@ -224,7 +104,7 @@ def test_ingest_stacks_2d_files_in_listed_order(tmp_path, images):
     assert json.loads(ds.attrs["source_files"]) == {name: _sha256(tmp_path / name) for name in names}
 
 
-def _refusal(row: io.SeriesRow, *parts: str) -> str:
+def _refusal(row: sheet.SeriesRow, *parts: str) -> str:
     """ingest(row) raises InputError whose message contains every part; returns the message."""
     with pytest.raises(io.InputError) as info:
         io.ingest(row, DEFAULTS)
@@ -236,7 +116,7 @@ def _refusal(row: io.SeriesRow, *parts: str) -> str:
 
 def test_ingest_refuses_image_count_differing_from_defocus_list(tmp_path, images):
     """3 images with 4 defocus values is refused, naming series, file and both counts."""
-    simulate.write_tiff_series(tmp_path / "stack.tif", images, 5.0)
+    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
     _refusal(
         _row(tmp_path, "stack.tif", defocus=(-2e6, -1e6, 0, 1e6)), "series s1", "stack.tif", "3 images", "4 defocus"
     )
@@ -247,7 +127,7 @@ def test_ingest_refuses_nan_pixels(tmp_path, images):
     bad = images.copy()
     bad[1, 5, 5] = np.nan
     bad[2, 0, 0] = np.inf
-    simulate.write_tiff_series(tmp_path / "stack.tif", bad, 5.0)
+    io.write_tiff(tmp_path / "stack.tif", bad, 5.0)
     _refusal(_row(tmp_path, "stack.tif"), "series s1", "stack.tif", "2 NaN or infinite")
 
 
@@ -286,7 +166,7 @@ def test_ingest_refuses_a_truncated_2d_file(tmp_path, images):
 
 def test_ingest_refuses_a_truncated_stack(tmp_path, images):
     """A 3-image stack cut in half is refused, naming series and file."""
-    simulate.write_tiff_series(tmp_path / "stack.tif", images, 5.0)
+    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
     raw = (tmp_path / "stack.tif").read_bytes()
     (tmp_path / "stack.tif").write_bytes(raw[: len(raw) // 2])
     _refusal(_row(tmp_path, "stack.tif"), "series s1", "stack.tif")
@@ -294,7 +174,7 @@ def test_ingest_refuses_a_truncated_stack(tmp_path, images):
 
 def test_ingest_truncated_stack_message_says_the_file_is_damaged(tmp_path, images):
     """The message for a truncated stack says what is wrong: the file is truncated or corrupt."""
-    simulate.write_tiff_series(tmp_path / "stack.tif", images, 5.0)
+    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
     raw = (tmp_path / "stack.tif").read_bytes()
     (tmp_path / "stack.tif").write_bytes(raw[: len(raw) // 2])
     message = _refusal(_row(tmp_path, "stack.tif"), "stack.tif")
@@ -334,7 +214,7 @@ def test_ingest_refuses_a_file_list_without_files(tmp_path):
 
 def test_store_round_trip_zarr_v3(tmp_path, images):
     """write_store writes a Zarr v3 store (zarr.json at its root, tiled chunks); open_store reads it back equal."""
-    simulate.write_tiff_series(tmp_path / "stack.tif", images, 5.0)
+    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
     ds = io.ingest(_row(tmp_path, "stack.tif"), DEFAULTS)
     store = tmp_path / "s1.zarr"
     io.write_store(ds, store, chunk_px=16)
@@ -386,3 +266,16 @@ def test_simulated_series_has_no_false_hot_pixels():
     for spec in simulate.demo_campaign():
         images, _ = simulate.simulate_series(spec)
         assert io.repair_outlier_pixels(images.copy()) == (0, 0), spec.series
+
+
+def test_ingest_fails_a_row_with_a_problem_before_reading_any_file(tmp_path):
+    """A row the sheet found implausible fails with that problem; its (missing) files are not looked at."""
+    row = _row(tmp_path, "not-there.tif", problem="series s1: column voltage_kv (...): is 200000.0, outside ...")
+    message = _refusal(row, "column voltage_kv")
+    assert "does not exist" not in message
+
+
+def test_ingest_refuses_um_typed_as_nm_at_the_files_pixel_size(tmp_path, images):
+    """Defocus 1600 'nm' (um meant) forms no contrast at the file's 5 nm pixels: refused by name."""
+    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    _refusal(_row(tmp_path, "stack.tif", defocus=(-1600, 0, 1600)), "series s1", "defocus_nm", "did you give mm or um")

@@ -505,13 +505,18 @@ def test_uncertainty_of_a_non_finite_curvature_is_nan_for_what_was_refined():
 
 
 def test_a_diverged_series_fails_alone_in_the_cli(tmp_path, aligned_store, monkeypatch):
-    """``phasepipe reconstruct`` writes a diverged fit as a failed store naming the series and the
-    stage (as bad input is), so that the release lists it and other series go on."""
+    """``phasepipe reconstruct`` run alone exits with status 1 on a diverged fit and writes nothing;
+    in the workflow (``--record-failure``) it writes a failed store naming the series and the stage
+    (as bad input is), so that the release lists it and other series go on."""
     spec = simulate.SeriesSpec("s9", "vortex", size_px=48, defocus_nominal_nm=FIVE, drift_px=0.0, n_particles=2)
     store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
     monkeypatch.setitem(reconstruct.DEFAULT_OPTIONS, "log_amplitude", reconstruct.ParameterOptions(lr=1e3))
     out = tmp_path / "out.zarr"
-    cli.main(["reconstruct", "--in", str(store), "--out", str(out), "--settings", '{"iterations": 20}'])
+    command = ["reconstruct", "--in", str(store), "--out", str(out), "--settings", '{"iterations": 20}']
+    with pytest.raises(SystemExit) as stop:
+        cli.main(command)
+    assert stop.value.code == 1 and not out.exists()
+    cli.main([*command, "--record-failure"])
     ds = io.open_store(out)
     assert io.is_failed(ds) and ds.attrs["failed_stage"] == "reconstruct"
     assert ds.attrs["error"].startswith("series s9: the fit diverged: misfit nan at iteration ")

@@ -319,7 +319,7 @@ def test_a_diverged_tile_fails_its_series_naming_the_tile(tmp_path, aligned_stor
     out = tmp_path / "out.zarr"
     cli.main(
         ["reconstruct", "--in", str(store), "--out", str(out), "--settings", json.dumps(settings)]
-        + ["--dask", json.dumps({"scheduler": "threads"}), "--records", str(tmp_path / "records")]
+        + ["--dask", json.dumps({"scheduler": "threads"}), "--records", str(tmp_path / "records"), "--record-failure"]
     )
     ds = io.open_store(out)
     assert io.is_failed(ds) and ds.attrs["failed_stage"] == "reconstruct"

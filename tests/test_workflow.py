@@ -19,9 +19,13 @@ from phasepipe import io, simulate
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 FAST = {"refine": ["defocus"], "iterations": 40}
+# A shell as cron or a SLURM job gives: no virtual environment, nothing of phasepipe on PATH.
+CLEAN_PATH = "/usr/bin:/bin"
+CLEAN_ENV = {"HOME": os.environ.get("HOME", "/root"), "PATH": CLEAN_PATH}
 
 
 def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    """The workflow from ``workdir`` with ``config`` as its --configfile, in a clean environment."""
     configfile = workdir / "test-config.json"
     configfile.write_text(json.dumps(config))
     return subprocess.run(
@@ -39,137 +43,209 @@ def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.Comple
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={"PATH": f"{SNAKEMAKE.parent}:/usr/bin:/bin"},
+        env=CLEAN_ENV,
     )
 
 
+def readme_command(section: str) -> str:
+    """The snakemake command of a README section, as a user copies it (continuation lines joined),
+    with the README's ``~/phasepipe`` (where the user cloned phasepipe) made this checkout."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"^(~/phasepipe/\.venv/bin/snakemake .*?)(?<!\\)$", body, re.M | re.S)
+    assert command, f"no snakemake command in the README's section {section!r}"
+    return command.group(1).replace("\\\n", " ").replace("~/phasepipe", str(ROOT))
+
+
 @pytest.mark.parametrize(
-    ("config", "key"),
+    ("config", "message"),
     [
-        ({"reconstruction": {"tile_px": "big"}}, "tile_px"),
-        ({"reconstruction": {"refine": ["focus"]}}, "focus"),
-        ({"unknown_key": 1}, "unknown_key"),
-        ({"dask": {"scheduler": "mpi"}}, "mpi"),
-        ({"dask": {"scheduler": "slurm", "slurm": {"walltime": "1h"}}}, "walltime"),
-        ({"dask": {"slurm": {"queue": "short"}}}, "queue"),
+        ({"reconstruction": {"tile_px": "big"}}, "'reconstruction.tile_px' is 'big', not a integer"),
+        ({"reconstruction": {"refine": ["focus"]}}, "'reconstruction.refine.0' is 'focus'; allowed: 'defocus',"),
+        ({"reconstruction": {"tile_pix": 256}}, "unknown key 'reconstruction.tile_pix'; did you mean 'tile_px'?"),
+        ({"campain": "x"}, "unknown key 'campain'; did you mean 'campaign'?"),
+        ({"microscope": {"voltage_kv": 300000}}, "'microscope.voltage_kv' is 300000, outside the range 20 to 3000"),
+        ({"microscope": {"cs_mm": 1e6}}, "'microscope.cs_mm' is 1000000.0, outside the range 0 to 20"),
+        ({"dask": {"scheduler": "mpi"}}, "'dask.scheduler' is 'mpi', which does not have the form"),
+        ({"dask": {"scheduler": "slurm", "slurm": {"walltime": "1h"}}}, "'dask.slurm.walltime' is '1h'"),
+        ({"strict": "yes"}, "'strict' is 'yes', not a boolean"),
     ],
 )
-def test_schema_refuses_bad_config_naming_the_key(tmp_path, config, key):
-    """A wrong type, value or unknown key stops the run before any job, with a message naming it."""
+def test_a_bad_config_is_refused_before_any_job_in_one_line(tmp_path, config, message):
+    """A wrong type, value or unknown key stops the run before any job, with one line naming the
+    key (and for a typo the closest valid key), not a dump of the schema."""
     result = run_snakemake(tmp_path, config, "-n")
     assert result.returncode != 0
-    assert "Error validating config file" in result.stdout
-    assert key in result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("Error validating config file")]
+    assert message in line, line
+    assert "additionalProperties" not in result.stdout and len(result.stdout.splitlines()) < 8
 
 
-def test_bad_sheet_is_refused_before_any_job(tmp_path):
-    """A sheet with a duplicate series id stops the run at once, naming the id and the lines."""
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("series\tfiles\tdefocus_nm\na\ta.tif\t-1,0,1\na\tb.tif\t-1,0,1\n", "line 3, column series: duplicate id 'a'"),
+        (
+            "series,files,defocus_nm\na,a.tif,-1.6mm\n",
+            "line 1: the header is comma-separated; the sheet must be tab-sep",
+        ),
+    ],
+)
+def test_a_bad_sheet_is_refused_before_any_job(tmp_path, text, message):
+    """A sheet that cannot be read as a whole stops the run at once, naming the sheet and line."""
     sheet = tmp_path / "series.tsv"
-    sheet.write_text("series\tfiles\tdefocus_nm\na\ta.tif\t-1,0,1\na\tb.tif\t-1,0,1\n")
+    sheet.write_text(text)
     result = run_snakemake(tmp_path, {"series_sheet": str(sheet)}, "-n")
     assert result.returncode != 0
-    assert "duplicate series id 'a' (first on line 2)" in result.stdout
+    assert f"series sheet series.tsv, {message}" in result.stdout  # the path as the run sees it
+
+
+def test_no_phasepipe_on_the_clean_path():
+    """The workflow tests run where PATH holds no phasepipe: the rules must not rely on one."""
+    assert shutil.which("phasepipe", path=CLEAN_PATH) is None
+    assert shutil.which("snakemake", path=CLEAN_PATH) is None
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory) -> Path:
-    """Two good series of two sessions and one whose image count does not match its defocus list."""
-    top = tmp_path_factory.mktemp("campaign")
+    """A campaign folder as a user keeps one, outside the checkout: config.yaml, series.tsv and
+    raw/ with the images. Two good series of two sessions (defocus written with units), and four
+    a person gets wrong: an image count that does not match, defocus in mm and in um typed as nm
+    (one with the pixel size in the sheet, one with it from the file), a file that is missing."""
+    top = tmp_path_factory.mktemp("fege-2026")
     common = {"size_px": 48, "drift_px": 0.0}
     specs = [
-        simulate.SeriesSpec(
-            "a1", "vortex", calibration=1.03, session="day1", seed=1, acquired="2026-01-01T10:00:00", **common
-        ),
-        simulate.SeriesSpec(
-            "b1", "stripes", calibration=0.97, session="day2", seed=2, acquired="2026-01-02T10:00:00", **common
-        ),
+        simulate.SeriesSpec("a1", "vortex", calibration=1.03, seed=1, **common),
+        simulate.SeriesSpec("b1", "stripes", calibration=0.97, seed=2, **common),
     ]
-    sheet = simulate.write_campaign(top / "raw", specs)
-    with open(sheet, "a") as fh:
-        fh.write("bad\ta1.tif\t-1e6,0\tday2\t\t\n")
-    return sheet
+    simulate.write_campaign(top / "raw", specs)
+    rows = [
+        "series\tfiles\tdefocus_nm\tpixel_size_nm\tsession\tacquired\ttruth",
+        "a1\traw/a1.tif\t-1.6mm,0,1.6mm\t\tday1\t2026-01-01T10:00:00\traw/a1.truth.zarr",
+        "b1\traw/b1.tif\t-1600um,0,1600µm\t\tday2\t2026-01-02T10:00:00\traw/b1.truth.zarr",
+        "bad_count\traw/a1.tif\t-1.6mm,0\t\tday2\t\t",
+        "bad_mm\traw/a1.tif\t-1.6,0,1.6\t5\tday2\t\t",
+        "bad_um\traw/a1.tif\t-1600,0,1600\t\tday2\t\t",
+        "missing\traw/a9.tif\t-1.6mm,0,1.6mm\t\tday2\t\t",
+    ]
+    (top / "series.tsv").write_text("\n".join(rows) + "\n")
+    (top / "config.yaml").write_text(
+        "campaign: fege-2026\nseries_sheet: series.tsv\nreconstruction:\n  iterations: 40\n"
+    )
+    return top
+
+
+def _latest(results: Path) -> Path:
+    return results / "releases" / (results / "releases" / "LATEST").read_text().strip()
 
 
 @pytest.mark.integration
-def test_campaign_publishes_release_and_second_run_does_nothing(tmp_path, campaign):
-    """Ingest to release on a small campaign; the bad series fails alone; a re-run does no work."""
-    config = {"series_sheet": str(campaign), "results_dir": "out", "campaign": "test", "reconstruction": FAST}
-    first = run_snakemake(tmp_path, config)
+def test_the_readme_command_reduces_a_campaign_from_its_own_folder(campaign):
+    """The README's own-data command, as written, from the campaign folder, in a clean shell: a
+    complete release; every mistaken series fails at ingestion with its reason (no alignment or
+    reconstruction attempted), the others go on, and the terminal table shows both; a re-run does
+    no work; a row appended reprocesses only that series; aggregation settings redo no
+    reconstruction; ``strict`` exits non-zero after publishing."""
+    first = subprocess.run(
+        ["bash", "-c", readme_command("Your own data")],
+        cwd=campaign,
+        env=CLEAN_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert first.returncode == 0, first.stdout[-3000:]
+    release = _latest(campaign / "results")
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert manifest["release"] == release.name and release.name.startswith("v")
+    for name in manifest["outputs"]:  # the release is complete
+        assert (release / name).is_file(), name
+    assert {"torch", "zarr", "xarray", "snakemake", "numpy", "dask"} <= set(manifest["versions"])
 
-    releases = tmp_path / "out" / "releases"
-    rid = (releases / "LATEST").read_text().strip()
-    release = releases / rid
-    assert rid.startswith("v")
-    summary = pd.read_csv(release / "series_summary.csv").set_index("series")
-    assert summary.loc["a1", "status"] == "ok" and summary.loc["b1", "status"] == "ok"
-    assert summary.loc["bad", "status"] == "failed"
-    assert "3 images but 2 defocus values" in summary.loc["bad", "error"]
-
-    params = pd.read_csv(release / "parameters.csv")
-    assert sorted(params["series"].unique()) == ["a1", "b1"]
-    assert len(params) == 6
-    assert {"defocus_nominal_nm", "defocus_nm", "defocus_std_nm", "shift_y_px", "shift_x_px"} <= set(params.columns)
+    summary = pd.read_csv(release / "series_summary.csv", keep_default_na=False).set_index("series")
+    assert summary.loc[["a1", "b1"], "status"].tolist() == ["ok", "ok"]
+    expected = {
+        "bad_count": "3 images but 2 defocus values",
+        "bad_mm": "series bad_mm: column defocus_nm (series sheet series.tsv, line 5): did you give mm or um",
+        "bad_um": "series bad_um: column defocus_nm, at 5 nm pixels: did you give mm or um in defocus_nm?",
+        "missing": "series missing: file raw/a9.tif does not exist",
+    }
+    for name, reason in expected.items():
+        assert (summary.loc[name, "status"], summary.loc[name, "quality"]) == ("failed", "failed")
+        assert reason in summary.loc[name, "error"], summary.loc[name, "error"]
+        assert summary.loc[name, "failed_stage"] == "ingest"
+        for stage in ("aligned", "reconstructed"):  # passed on, never aligned nor reconstructed
+            assert (
+                io.open_store(campaign / "results" / "work" / stage / f"{name}.zarr").attrs["failed_stage"] == "ingest"
+            )
+        assert not (campaign / "results" / "logs" / "align" / f"{name}.log").read_text().count("drift")
+        line = next(ln for ln in first.stdout.splitlines() if ln.startswith(f"{name} "))
+        assert line.split()[1:3] == ["failed", "failed"] and reason in line
+    assert re.search(r"^phasepipe: 6 series: 2 ok( \(\d with warnings\))?, 4 failed$", first.stdout, re.M)
 
     campaign_summary = json.loads((release / "campaign_summary.json").read_text())
-    assert campaign_summary["counts"] == {"series": 3, "done": 2, "failed": 1}
+    assert campaign_summary["counts"] == {"series": 6, "done": 2, "failed": 4}
     assert set(campaign_summary["sessions"]) == {"day1", "day2"}
-
-    manifest = json.loads((release / "manifest.json").read_text())
-    assert manifest["release"] == rid
-    assert "series/a1.zarr/zarr.json" in manifest["outputs"]
-    assert {"torch", "zarr", "xarray", "snakemake", "numpy", "dask"} <= set(manifest["versions"])
     for name in ("a1.png", "b1.png", "defocus_calibration.png", "parameter_trends.png"):
         assert (release / "figures" / name).stat().st_size > 10_000
-
     ds = io.open_store(release / "series" / "a1.zarr")
     assert {"phase", "amplitude", "tie_phase"} <= set(ds.data_vars)
     assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(5.0)
+    assert math.isfinite(float(summary.loc["a1", "acc_truth"]))  # truth found relative to the sheet
 
-    report = run_snakemake(tmp_path, config, "--report", "report.html")
+    def again(*extra: str, configs: tuple[str, ...] = ("config.yaml",)) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--cores", "2", "--configfile", *configs]
+            + list(extra),
+            cwd=campaign,
+            env=CLEAN_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    report = again("--report", "report.html")
     assert report.returncode == 0, report.stdout[-2000:]
     assert "Adding defocus_calibration.png" in report.stdout and "Adding series_summary.csv" in report.stdout
-    assert (tmp_path / "report.html").stat().st_size > 100_000
+    assert (campaign / "report.html").stat().st_size > 100_000
+    assert "Nothing to be done" in again().stdout
 
-    second = run_snakemake(tmp_path, config)
-    assert second.returncode == 0
-    assert "Nothing to be done" in second.stdout
-
-    # A row appended to the sheet (nightly reduction) adds jobs for that series only.
-    with open(campaign, "a") as fh:
-        fh.write("a2\ta1.tif\t-1600000,0,1600000\tday1\t\t\n")
-    appended = run_snakemake(tmp_path, config, "-n")
+    sheet = campaign / "series.tsv"
+    original = sheet.read_text()
+    with open(sheet, "a") as fh:  # a row appended (nightly reduction) adds jobs for that series only
+        fh.write("a2\traw/a1.tif\t-1.6mm,0,1.6mm\t\tday1\t\t\n")
+    appended = again("-n")
     assert appended.returncode == 0, appended.stdout[-2000:]
     counts = dict(re.findall(r"^(ingest|align|reconstruct|aggregate|release)\s+(\d+)$", appended.stdout, re.M))
     assert counts == {"ingest": "1", "align": "1", "reconstruct": "1", "aggregate": "1", "release": "1"}
+    sheet.write_text(original)
 
-    # Changing only an aggregation setting re-runs aggregation and release, no reconstruction.
-    lines = campaign.read_text().splitlines(keepends=True)
-    campaign.write_text("".join(lines[:-1]))  # the sheet as the release was made from
-    dry = run_snakemake(tmp_path, {**config, "aggregate": {"outlier_z": 5.0}}, "-n", "--quiet", "rules")
-    assert dry.returncode == 0, dry.stdout[-2000:]
-    assert "aggregate" in dry.stdout and "release" in dry.stdout
-    assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
-    # The Dask settings say where tiles run, not what they give: changing them redoes no reconstruction.
-    dask = {"scheduler": "slurm", "slurm": {"walltime": "04:00:00", "jobs": 64}}
-    dry = run_snakemake(tmp_path, {**config, "dask": dask}, "-n", "--quiet", "rules")
-    assert dry.returncode == 0, dry.stdout[-2000:]
-    assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
-    shutil.rmtree(tmp_path / "out" / "work")  # keep the tmp folder small
+    # Changing only an aggregation setting re-runs aggregation and release, no reconstruction; the
+    # Dask settings say where tiles run, not what they give: changing them redoes none either.
+    for change in ("aggregate: {outlier_z: 5.0}", "dask: {scheduler: slurm, slurm: {walltime: '04:00:00', jobs: 64}}"):
+        (campaign / "change.yaml").write_text(change + "\n")
+        dry = again("-n", "--quiet", "rules", configs=("config.yaml", "change.yaml"))
+        assert dry.returncode == 0, dry.stdout[-2000:]
+        assert "reconstruct" not in dry.stdout and "ingest" not in dry.stdout
+
+    strict = again("--config", "strict=True")
+    assert strict.returncode != 0
+    assert "strict: the release is published, but series failed: bad_count, bad_mm, bad_um, missing" in strict.stdout
+    assert json.loads((_latest(campaign / "results") / "manifest.json").read_text())["config"]["strict"] is True
+    shutil.rmtree(campaign / "results" / "work")  # keep the tmp folder small
 
 
 @pytest.mark.integration
 def test_two_runs_give_byte_identical_tables(tmp_path, campaign):
     """The same inputs and config, run twice from scratch, give byte-identical parameters.csv."""
-    config = {"series_sheet": str(campaign), "results_dir": "out", "campaign": "test", "reconstruction": FAST}
+    config = {"series_sheet": str(campaign / "series.tsv"), "results_dir": "out", "reconstruction": FAST}
     tables = []
     for run in ("first", "second"):
         workdir = tmp_path / run
         workdir.mkdir()
         result = run_snakemake(workdir, config)
         assert result.returncode == 0, result.stdout[-2000:]
-        latest = (workdir / "out" / "releases" / "LATEST").read_text().strip()
-        tables.append((workdir / "out" / "releases" / latest / "parameters.csv").read_bytes())
+        tables.append((_latest(workdir / "out") / "parameters.csv").read_bytes())
     assert tables[0] == tables[1]
     assert tables[0].count(b"\n") == 7  # header and 3 images of each good series
 

@@ -17,5 +17,5 @@ rule aggregate:
         mem_mb=lambda wildcards, attempt: attempt * 4000,
         runtime=campaign_runtime,
     shell:
-        "phasepipe aggregate --stores {input} --out {output} --campaign {params.campaign:q}"
+        "{PHASEPIPE} aggregate --stores {input} --out {output} --campaign {params.campaign:q}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -11,4 +11,5 @@ rule align:
         mem_mb=mem_mb("align"),
         runtime=lambda wildcards, attempt: attempt * 10,
     shell:
-        "phasepipe align --in {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "{PHASEPIPE} align --in {input} --out {output} --settings {params.settings:q}"
+        " --record-failure > {log} 2>&1"

@@ -2,27 +2,39 @@ import functools
 import json
 import math
 import os
+import shlex
+import shutil
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
-from phasepipe import io, reconstruct, simulate
+from phasepipe import io, reconstruct, sheet, simulate, status
 
-RESULTS = Path(config["results_dir"])
+# The phasepipe of the Python that runs Snakemake, whatever PATH holds (a clean shell, cron, a
+# SLURM job); SLURM jobs run Snakemake with that same Python.
+PHASEPIPE = f"{shlex.quote(sys.executable)} -m phasepipe"
+RESULTS = Path(PATHS["results_dir"])
 WORK = RESULTS / "work"
 LOGS = RESULTS / "logs"
-DEMO = config["series_sheet"] == "demo"
-SHEET = str(WORK / "demo" / "series.tsv") if DEMO else config["series_sheet"]
+DEMO = PATHS["series_sheet"] == "demo"
+SHEET = str(WORK / "demo" / "series.tsv") if DEMO else PATHS["series_sheet"]
 
 if DEMO:
     SERIES = list(simulate.DEMO_SERIES)
     ROWS = {}
 else:
     try:
-        ROWS = {row.series: row for row in io.read_sheet(SHEET)}
+        ROWS = {row.series: row for row in sheet.read_sheet(SHEET, config["microscope"])}
+    except FileNotFoundError:
+        raise WorkflowError(f"series sheet {SHEET} does not exist (series_sheet in the config)") from None
     except (OSError, io.InputError) as exc:
-        raise WorkflowError(f"series sheet: {exc}")
+        raise WorkflowError(str(exc)) from None
     SERIES = list(ROWS)
+    for row in ROWS.values():
+        if row.problem:  # the series fails at ingestion, before any of its work; the others run
+            logger.warning(f"{row.problem} (this series will fail; the others run)")
 
 RELEASE_RECORD = str(WORK / "release.json")
 
@@ -69,7 +81,7 @@ def sheet_row(wildcards) -> str:
     if DEMO:
         return ""
     row = ROWS[wildcards.series]
-    return as_json({k: v for k, v in vars(row).items() if k != "sheet_dir"})
+    return as_json({k: v for k, v in vars(row).items() if k not in ("sheet_dir", "problem")})
 
 
 def store(stage: str, series: str = "{series}") -> str:
@@ -122,3 +134,16 @@ def campaign_runtime(wildcards, attempt) -> int:
 
 
 GPUS = 1 if config["reconstruction"]["device"] == "cuda" else 0
+
+
+def report_run(failed_jobs: bool) -> None:
+    """At the end of a run: the table of every series (status, quality, reason), and with
+    ``strict: true`` a non-zero exit once the release is published if any series failed."""
+    table = status.campaign_table(RESULTS, SERIES)
+    width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
+    print(f"\nphasepipe: {status.counts_line(table)}\n{status.format_table(table, width)}\n", file=sys.stderr)
+    if failed_jobs:
+        print(f"phasepipe: some jobs failed; their logs are under {LOGS}/", file=sys.stderr)
+    elif config["strict"] and (table["status"] != "ok").any():
+        failed = ", ".join(table.loc[table["status"] != "ok", "series"])
+        raise WorkflowError(f"strict: the release is published, but series failed: {failed}")

@@ -13,5 +13,5 @@ rule ingest:
         mem_mb=mem_mb("ingest"),
         runtime=lambda wildcards, attempt: attempt * 10,
     shell:
-        "phasepipe ingest --sheet {params.sheet:q} --series {wildcards.series}"
-        " --microscope {params.microscope:q} --out {output} > {log} 2>&1"
+        "{PHASEPIPE} ingest --sheet {params.sheet:q} --series {wildcards.series}"
+        " --microscope {params.microscope:q} --out {output} --record-failure > {log} 2>&1"

@@ -42,5 +42,6 @@ rule reconstruct:
         cpus_per_task=lambda wildcards, threads: threads,
         gpu=GPUS,
     shell:
-        "phasepipe reconstruct --in {input} --out {output} --settings {params.settings:q} --dask {DASK:q}"
-        " --records {params.records:q} --threads {threads} --mem-mb {resources.mem_mb} > {log} 2>&1"
+        "{PHASEPIPE} reconstruct --in {input} --out {output} --settings {params.settings:q} --dask {DASK:q}"
+        " --records {params.records:q} --threads {threads} --mem-mb {resources.mem_mb}"
+        " --record-failure > {log} 2>&1"

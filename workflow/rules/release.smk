@@ -13,6 +13,6 @@ rule release:
         mem_mb=lambda wildcards, attempt: attempt * 2000,
         runtime=campaign_runtime,
     shell:
-        "phasepipe release --aggregate {input.aggregate} --stores {input.stores}"
+        "{PHASEPIPE} release --aggregate {input.aggregate} --stores {input.stores}"
         " --releases {RESULTS}/releases --name {params.name:q} --config {params.config:q}"
         " --out {output} > {log} 2>&1"

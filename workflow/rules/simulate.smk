@@ -7,4 +7,4 @@ rule simulate_demo:
         mem_mb=lambda wildcards, attempt: attempt * 2000,
         runtime=lambda wildcards, attempt: attempt * 10,
     shell:
-        "phasepipe simulate --demo {WORK}/demo > {log} 2>&1"
+        "{PHASEPIPE} simulate --demo {WORK}/demo > {log} 2>&1"

@@ -1,0 +1,66 @@
+"""A verdict per series, from what the pipeline already measures, so that doubtful results are
+visible where a person looks (the summary table, the terminal, the figure's title, the report).
+
+``quality`` is ``failed`` for a failed series, ``warning`` when any check below fires, else ``ok``.
+Each check is a sign that the result should not be trusted without a look; docs/outputs.md
+lists them with their thresholds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAIR_SHIFT_MARGIN_PX = 0.5  # a pair registered within this of align.max_shift_px sits at the search's edge
+RESIDUAL_PX = 0.5  # RMS disagreement of the pairwise registrations that makes the drift doubtful
+MISFIT_OVER_NOISE = 4.0  # misfit / noise^2: the model leaves twice the noise's amplitude unexplained
+AD_TIE_MIN_ACC = 0.5  # acc of the AD phase against TIE's below which one of them has failed
+
+
+def alignment_reasons(attrs: dict, confidence: np.ndarray) -> list[str]:
+    """Signs that the drift registered by the align stage is wrong."""
+    reasons = []
+    limit = attrs.get("alignment_max_shift_px")
+    largest = attrs.get("alignment_largest_pair_shift_px", 0.0)
+    if limit is not None and largest >= limit - PAIR_SHIFT_MARGIN_PX:
+        reasons.append(
+            f"alignment: two images registered {largest:.1f} px apart, at or beyond align.max_shift_px {limit:g}: "
+            "the drift is likely wrong (raise max_shift_px if the specimen really drifted that far)"
+        )
+    rejected = int(attrs.get("alignment_rejected_pairs", 0))
+    if rejected:
+        reasons.append(
+            f"alignment: {rejected} pair(s) of images disagreed with the others by over 1 px and were left out"
+        )
+    residual = attrs.get("alignment_residual_px", 0.0)
+    if residual > RESIDUAL_PX:
+        reasons.append(f"alignment: the pairwise registrations disagree by {residual:.2f} px RMS")
+    low = np.flatnonzero(confidence < attrs.get("alignment_min_confidence", 0.0)).tolist()
+    if low:
+        reasons.append(
+            f"alignment: registration confidence of image(s) {low} below align.min_confidence "
+            f"{attrs['alignment_min_confidence']:g}"
+        )
+    return reasons
+
+
+def fit_reasons(attrs: dict, acc_ad_vs_tie: float) -> list[str]:
+    """Signs that the fit did not find the object the images show."""
+    reasons = []
+    noise, misfit = attrs.get("noise", np.nan), attrs.get("final_loss", np.nan)
+    if noise > 0 and misfit / noise**2 > MISFIT_OVER_NOISE:
+        reasons.append(
+            f"fit: the misfit is {misfit / noise**2:.0f} times the measured noise variance; "
+            "the model does not explain the images"
+        )
+    if attrs.get("stopped_at_cap"):
+        reasons.append(f"fit: stopped at its cap of {attrs.get('iteration_cap')} iterations before converging")
+    if acc_ad_vs_tie < AD_TIE_MIN_ACC:
+        reasons.append(f"fit: the AD and TIE phases disagree (acc {acc_ad_vs_tie:.2f}); look at the figure")
+    return reasons
+
+
+def verdict(status: str, reasons: list[str]) -> str:
+    """ok, warning or failed."""
+    if status != "ok":
+        return "failed"
+    return "warning" if reasons else "ok"
