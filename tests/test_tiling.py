@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from outputs_doc import documented
 
 from phasepipe import cli, io, metrics, reconstruct, simulate, tiling
 
@@ -306,6 +307,14 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path, aligned_store):
     assert np.all(tiled["defocus_std_nm"].values[[0, 4]] > 0)
     for name in ("rotation_deg", "scale", "registration_confidence", "defocus_nominal_nm"):
         np.testing.assert_array_equal(tiled[name].values, untiled[name].values)
+    # What a tiled store holds beyond an untiled one is what docs/outputs.md marks "tiled fields only".
+    extra = {
+        "Variables": set(tiled.data_vars) - set(untiled.data_vars),
+        "Coordinates": set(tiled.coords) - set(untiled.coords),
+        "Attributes": set(tiled.attrs) - set(untiled.attrs),
+    }
+    for title, names in extra.items():
+        assert documented(title)[1] == names, title
 
 
 def test_a_diverged_tile_fails_its_series_naming_the_tile(tmp_path, aligned_store, monkeypatch):

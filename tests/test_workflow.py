@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from outputs_doc import documented, flatten
 
 from phasepipe import io, simulate
 
@@ -193,6 +194,8 @@ def test_the_readme_command_reduces_a_campaign_from_its_own_folder(campaign):
     assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(5.0)
     assert math.isfinite(float(summary.loc["a1", "acc_truth"]))  # truth found relative to the sheet
 
+    check_outputs_documented(campaign / "results", release)
+
     def again(*extra: str, configs: tuple[str, ...] = ("config.yaml",)) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--cores", "2", "--configfile", *configs]
@@ -233,6 +236,58 @@ def test_the_readme_command_reduces_a_campaign_from_its_own_folder(campaign):
     assert "strict: the release is published, but series failed: bad_count, bad_mm, bad_um, missing" in strict.stdout
     assert json.loads((_latest(campaign / "results") / "manifest.json").read_text())["config"]["strict"] is True
     shutil.rmtree(campaign / "results" / "work")  # keep the tmp folder small
+
+
+def check_outputs_documented(results: Path, release: Path) -> None:
+    """docs/outputs.md names every file, column, variable, coordinate, attribute and JSON key of
+    a real run's release, and nothing it does not write (the tiled-only ones: test_tiling.py)."""
+    assert {p.name for p in results.iterdir()} == {"releases", "work", "logs"}
+    assert {p.name for p in (results / "releases").iterdir() if not p.is_dir()} == {"index.csv", "LATEST"}
+    layout, _ = documented("Layout")
+    assert layout == {"releases/<release>/", "releases/index.csv", "releases/LATEST", "work/", "logs/"}
+
+    manifest = json.loads((release / "manifest.json").read_text())
+    series = set(manifest["inputs"])
+    files = {"manifest.json"}
+    for name in manifest["outputs"]:
+        top, rest = name.split("/", 1) if "/" in name else (name, "")
+        if top == "series":
+            files.add("series/<series>.zarr")
+        elif top == "figures" and rest[: -len(".png")] in series:
+            files.add("figures/<series>.png")
+        else:
+            files.add(name)
+    assert documented("Files of a release")[0] == files
+
+    for table in ("parameters.csv", "series_summary.csv"):
+        columns = set(pd.read_csv(release / table, nrows=0).columns)
+        assert documented(table)[0] == columns, table
+    index = set(pd.read_csv(results / "releases" / "index.csv", nrows=0).columns)
+    assert documented("releases/index.csv")[0] == index
+
+    ok = io.open_store(release / "series" / "a1.zarr")
+    failed = io.open_store(release / "series" / "bad_mm.zarr")
+    for title, names in (("Variables", set(ok.data_vars)), ("Coordinates", set(ok.coords))):
+        documented_names, tiled = documented(title)
+        assert documented_names - tiled == names, title
+    attributes, tiled = documented("Attributes")
+    assert attributes - tiled - {"error", "failed_stage"} == set(ok.attrs)
+    assert set(failed.attrs) == {"series", "status", "error", "failed_stage"}
+
+    summary = json.loads((release / "campaign_summary.json").read_text())
+    keys = flatten(summary, placeholders={"sessions": "<session>"})
+    sessions = {k for k in keys if k.startswith("sessions.")}
+    assert {k.replace("sessions.<session>.", "campaign.") for k in sessions} == {
+        k for k in keys if k.startswith("campaign.") and k != "campaign.name"
+    }
+    assert documented("campaign_summary.json")[0] == (keys - sessions) | {"sessions.<session>.*"}
+    placeholders = {
+        "versions": "<package>",
+        "inputs": "<series>",
+        "inputs.<series>.files": "<file>",
+        "outputs": "<file>",
+    }
+    assert documented("manifest.json")[0] == flatten(manifest, placeholders=placeholders, leaves=("config",))
 
 
 @pytest.mark.integration

@@ -1,0 +1,57 @@
+"""The names docs/outputs.md documents, read from its tables, to compare with what a run writes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
+TILED = "tiled fields only"
+
+
+def section(title: str) -> str:
+    """The text of the ``##`` or ``###`` section of that title, up to the next heading."""
+    match = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ |\Z)", DOC.read_text(), re.M | re.S)
+    assert match, f"docs/outputs.md has no section {title!r}"
+    return match.group(1)
+
+
+def documented(title: str) -> tuple[set[str], set[str]]:
+    """The names in the first column of a section's table: (all of them, those for tiled fields only).
+
+    A cell may list several names (```a`, `b```); a name starting with '.' is a sibling of the
+    cell's first name (```c.mean`, `.std``` is c.mean and c.std).
+    """
+    names: set[str] = set()
+    tiled: set[str] = set()
+    for line in section(title).splitlines():
+        if not line.startswith("| `"):
+            continue
+        first, rest = line[2:].split(" | ", 1)
+        cell = re.findall(r"`([^`]+)`", first)
+        parent = cell[0].rsplit(".", 1)[0]
+        found = {parent + name if name.startswith(".") else name for name in cell}
+        names |= found
+        if TILED in rest:
+            tiled |= found
+    return names, tiled
+
+
+def flatten(
+    value, prefix: str = "", placeholders: dict[str, str] | None = None, leaves: tuple[str, ...] = ()
+) -> set[str]:
+    """Dotted key paths of a JSON value: lists of objects as ``key[].field``; the keys of an object
+    whose path is in ``placeholders`` replaced by its placeholder (``sessions`` -> ``<session>``);
+    paths in ``leaves`` not descended into."""
+    placeholders = placeholders or {}
+    if prefix in leaves:
+        return {prefix}
+    if isinstance(value, dict):
+        keys = set()
+        for key, item in value.items():
+            name = placeholders.get(prefix, key)
+            keys |= flatten(item, f"{prefix}.{name}" if prefix else name, placeholders, leaves)
+        return keys
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return set().union(*(flatten(v, f"{prefix}[]", placeholders, leaves) for v in value))
+    return {prefix}
