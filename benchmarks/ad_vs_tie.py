@@ -4,7 +4,7 @@ On the project's own simulated objects (the demo's four patterned islands: two v
 skyrmion lattice, stripe domains; 256 x 256 px, 5 nm pixels, -1.6 ... +1.6 mm in five images,
 defocus calibration off by +4 % or -3.5 %, no drift) at 0 %, 5 % and 10 % Gaussian intensity
 noise, it prints one table row per series and noise level: acc and phase RMSE against the truth
-(PHYSICS.md's figures of merit), the largest relative defocus error over the defocused images,
+(docs/physics.md, "Figures of merit"), the largest relative defocus error over the defocused images,
 and wall time, for AD (``refine: [defocus]``, ``iterations: auto``, ``--threads`` torch threads, default 1) and for TIE
 (the mirror-symmetrised, Tikhonov-regularised baseline at the nominal defocus). Size, defocus
 and calibration can be changed for every series at once.

@@ -23,24 +23,8 @@ time and in this thread's CPU time (which leaves out other processes' turns on a
 with more than one torch thread it leaves out the other threads' work). The ratio printed is
 the median of the pairs' ratios: the machine's speed drifts between pairs more than within one.
 
-Measured on the 2-core machine, one thread (where the time goes: docs/physics.md, "Fast path";
-the history: docs/performance.md); the host changed between the columns::
-
-    size  N   first host, quiet     AVX-512 Xeon,      AMD EPYC (AVX2), 2026-12-02
-              (five runs)           inductor's kernels  all kernels numba's (six / four runs)
-     512  3   2.01-2.25             2.89-3.63           1.70-1.84
-     512  5   1.94-2.21             2.88-3.41           1.61-1.85
-    1024  3   1.74-1.90             2.91-3.55           1.60-1.62
-    1024  5   1.73-1.80             3.08-3.32           1.53-1.65
-
-On the AVX-512 Xeon the FFTs ran up to twice as fast alone, but about 1.6 times their time alone
-inside the fit, and inductor's element-wise kernels did not speed up with them. On the AMD host,
-with inductor's kernels, 2.69 / 3.26 at 512^2; with the complex kernels numba's and exp, cos and
-sin still inductor's, 1.83-2.01 / 1.81-2.29. Runs a minute apart differ by up to 0.2 (0.5 on
-the Xeon). Until 2026-12 each timing ran a fit of 10 iterations and timed the call, whose last
-step (undoing 2 pi slips of the phase returned: about 100 ms at 512^2 once the phase has steps
-steeper than pi, after some 40 iterations here) was charged to its 10 iterations: later pairs
-of a run then read 2.6-5.3 instead of about 2.
+Its figures on the project's machines, with their dates and hosts: docs/performance.md ("Stage
+speed", "The fast path's history"); where the time goes: docs/physics.md, "Fast path".
 
 Run from the repository root::
 

@@ -10,8 +10,8 @@ What is measured, in one run on this machine:
   written as an aligned Zarr store;
 * on a LocalCluster of 1 worker and then of 2 workers (one torch thread each, their own records,
   so that nothing is reused), every worker first fits a tile of its own, timed apart: a worker's
-  first fit also pays its start-up (imports, numba's kernels loaded from their cache; until
-  2026-12-02 also inductor's compilation for each canvas size), a cost paid once per worker
+  first fit also pays its start-up (imports, numba's kernels loaded from their cache), a cost
+  paid once per worker
   process (once in the 32 tiles a worker of a 4096 px field fits), which a handful of timed
   tiles would otherwise count as many times over;
 * then the same ``--tiles`` tiles (from the field's centre) are fitted by the tile task of

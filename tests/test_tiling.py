@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from outputs_doc import documented
+from doc_text import documented
 
 from phasepipe import cli, io, metrics, reconstruct, simulate, tiling
 

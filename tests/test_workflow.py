@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from outputs_doc import documented, flatten
+from doc_text import documented, flatten, readme_command
 
 from phasepipe import io, simulate
 
@@ -46,16 +46,6 @@ def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.Comple
         text=True,
         env=CLEAN_ENV,
     )
-
-
-def readme_command(section: str) -> str:
-    """The snakemake command of a README section, as a user copies it (continuation lines joined),
-    with the README's ``~/phasepipe`` (where the user cloned phasepipe) made this checkout."""
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    command = re.search(r"^(~/phasepipe/\.venv/bin/snakemake .*?)(?<!\\)$", body, re.M | re.S)
-    assert command, f"no snakemake command in the README's section {section!r}"
-    return command.group(1).replace("\\\n", " ").replace("~/phasepipe", str(ROOT))
 
 
 @pytest.mark.parametrize(

@@ -55,10 +55,10 @@ def slurm_jobs(run: Path) -> dict[str, str]:
 
 def check_rules(jobs: dict[str, str], series: list[str]) -> None:
     """One SLURM job per series for ingest + align (the profile's group) and for reconstruct,
-    one each for simulate_demo, aggregate and release."""
+    one each for aggregate and release."""
     comments = sorted(jobs.values())
     expected = sorted(
-        ["rule_simulate_demo", "rule_aggregate", "rule_release"]
+        ["rule_aggregate", "rule_release"]
         + ["rule_prepare_align_ingest"] * len(series)
         + [f"rule_reconstruct_wildcards_{s}" for s in series]
     )
@@ -126,7 +126,7 @@ def check_dask(run: Path) -> str:
 
 def main(run: Path) -> None:
     jobs = slurm_jobs(run)
-    sheet = run / "local" / "results" / "work" / "demo" / "series.tsv"
+    sheet = run / "campaign" / "raw" / "series.tsv"
     series = sorted(pd.read_csv(sheet, sep="\t")["series"])
     check_rules(jobs, series)
     rid, n_files = check_release(run)

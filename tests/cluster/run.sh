@@ -4,7 +4,8 @@
 #
 # Installs SLURM and MUNGE from Debian's packages where missing, starts a private single-node
 # cluster on localhost, runs the demo with `--workflow-profile workflow/profiles/slurm` and with
-# the local default profile, each in its own folder, then one series' tiles with
+# the local default profile, each from its own folder with the README's commands in a clean
+# environment, then one series' tiles with
 # `dask.scheduler: slurm` and `local`, and checks (tests/cluster/check.py) that every job of the
 # SLURM run went through SLURM, that both runs published the same release, that the Dask workers
 # ran as SLURM jobs and that both tiled results are equal.
@@ -14,8 +15,8 @@
 # daemons it starts are stopped on exit, however the script ends. Without root (needed to install
 # the packages and to run slurmd) it skips with a message and exit status 0.
 #
-# Arguments are passed to both snakemake runs instead of the 60-iteration config, e.g.
-#   tests/cluster/run.sh --configfile /abs/path/full.yaml   (full.yaml: "reconstruction: {iterations: auto}")
+# Arguments are added to both snakemake commands; to converge every fit, say:
+#   tests/cluster/run.sh --configfile config.yaml /abs/path/auto.yaml   (auto.yaml: "reconstruction: {iterations: auto}")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -160,7 +161,8 @@ MpiDefault=none
 ReturnToService=2
 MailProg=/bin/true
 $NODE_LINE NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=test Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# The partition the README's cluster command names; no accounting database checks its account.
+PartitionName=standard Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 
 # Inside a job the plugin runs each rule through `srun` with every SLURM_* variable removed,
@@ -179,24 +181,36 @@ node_idle() { [[ $(sinfo --noheader --nodes "$NODE" --format %t 2> /dev/null) ==
 wait_for 60 "node $NODE idle" node_idle
 echo "test-cluster: SLURM up on $NODE ($NODE_LINE), ports $CTLD_PORT/$SLURMD_PORT, in $RUN"
 
-# --- The demo, locally and through SLURM, each in its own folder with the same config. The
-# test is about the execution, not convergence: without arguments every fit stops after 60
-# iterations (a demo series' auto fit takes 1000-2000).
-if (($# == 0)); then
-    printf 'reconstruction:\n  iterations: 60\n' > "$RUN/fast.yaml"
-    set -- --configfile "$RUN/fast.yaml"
+# --- A campaign, as the README's "Your own data" keeps one: a folder outside the checkout with
+# the images and their sheet (the demo's simulated series), and each run's own folder with a
+# config.yaml naming the sheet relative to itself. Both runs use the README's commands as written
+# (the local one and, in "Clusters", the SLURM one), in a clean environment: no virtual
+# environment and no phasepipe on PATH, only SLURM's commands and this cluster's SLURM_CONF. The
+# test is about the execution, not convergence: every fit stops after 60 iterations (a demo
+# series' auto fit takes 1000-2000); arguments to this script are added to both commands.
+phasepipe simulate --demo "$RUN/campaign/raw" > "$RUN/log/simulate.log" 2>&1
+CLEAN=(env -i HOME="$HOME" PATH="$RUN/bin:/usr/bin:/bin" SLURM_CONF="$SLURM_CONF")
+if "${CLEAN[@]}" bash -c 'command -v phasepipe'; then
+    echo "test-cluster: FAILED: the clean environment has a phasepipe on its PATH"
+    exit 1
 fi
-mkdir -p "$RUN/local" "$RUN/slurm"
-echo "test-cluster: local run (log: $RUN/local/snakemake.log)"
+for run in local slurm; do
+    mkdir -p "$RUN/$run"
+    printf 'campaign: cluster-test\nseries_sheet: ../campaign/raw/series.tsv\nreconstruction:\n  iterations: 60\n' \
+        > "$RUN/$run/config.yaml"
+done
+LOCAL_COMMAND=$(python "$ROOT/tests/doc_text.py" "Your own data")
+SLURM_COMMAND=$(python "$ROOT/tests/doc_text.py" "Clusters")
+echo "test-cluster: local run: $LOCAL_COMMAND $* (log: $RUN/local/snakemake.log)"
 T0=$SECONDS
-(cd "$RUN/local" && snakemake --snakefile "$ROOT/Snakefile" --workflow-profile "$ROOT/workflow/profiles/default" \
-    --cores all "$@" > snakemake.log 2>&1) || { tail -30 "$RUN/local/snakemake.log"; exit 1; }
-echo "test-cluster: local run done in $((SECONDS - T0)) s; SLURM run (log: $RUN/slurm/snakemake.log)"
+(cd "$RUN/local" && "${CLEAN[@]}" bash -c "$LOCAL_COMMAND $*" > snakemake.log 2>&1) ||
+    { tail -30 "$RUN/local/snakemake.log"; exit 1; }
+echo "test-cluster: local run done in $((SECONDS - T0)) s; SLURM run: $SLURM_COMMAND $* (log: $RUN/slurm/snakemake.log)"
 T0=$SECONDS
 # The executor's settings for a cluster without an accounting database: squeue instead of sacct,
 # and the first status check after 5 s instead of 40, the demo's jobs being short.
-(cd "$RUN/slurm" && snakemake --snakefile "$ROOT/Snakefile" --workflow-profile "$ROOT/workflow/profiles/slurm" \
-    --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 "$@" > snakemake.log 2>&1) ||
+(cd "$RUN/slurm" && "${CLEAN[@]}" bash -c "$SLURM_COMMAND --slurm-status-command squeue \
+    --slurm-init-seconds-before-status-checks 5 $*" > snakemake.log 2>&1) ||
     { tail -30 "$RUN/slurm/snakemake.log"; exit 1; }
 echo "test-cluster: SLURM run done in $((SECONDS - T0)) s"
 

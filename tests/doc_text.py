@@ -1,12 +1,24 @@
-"""The names docs/outputs.md documents, read from its tables, to compare with what a run writes."""
+"""What the docs say, read the way a user reads them: the README's commands, and the names
+docs/outputs.md documents (from its tables), to compare with what a run writes."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "outputs.md"
 TILED = "tiled fields only"
+
+
+def readme_command(section: str) -> str:
+    """The snakemake command of a README section, as a user copies it (continuation lines joined),
+    with the README's ``~/phasepipe`` (where the user cloned phasepipe) made this checkout."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"^(~/phasepipe/\.venv/bin/snakemake .*?)(?<!\\)$", body, re.M | re.S)
+    assert command, f"no snakemake command in the README's section {section!r}"
+    return command.group(1).replace("\\\n", " ").replace("~/phasepipe", str(ROOT))
 
 
 def section(title: str) -> str:
@@ -55,3 +67,9 @@ def flatten(
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return set().union(*(flatten(v, f"{prefix}[]", placeholders, leaves) for v in value))
     return {prefix}
+
+
+if __name__ == "__main__":  # tests/cluster/run.sh: the command of the section named
+    import sys
+
+    print(readme_command(sys.argv[1]))
