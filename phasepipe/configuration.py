@@ -82,7 +82,7 @@ def violation(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         kind = schema["type"] if isinstance(schema["type"], str) else " or ".join(schema["type"])
         hint = " (on the command line: --config key=True or key=False)" if kind == "boolean" else ""
-        return f"is {value!r}, not a {kind}{hint}"
+        return f"is {value!r}, not {'an' if kind[0] in 'aeiou' else 'a'} {kind}{hint}"
     return error.message
 
 

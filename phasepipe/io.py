@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -435,8 +436,14 @@ def write_store(ds: xr.Dataset, path: str | Path, chunk_px: int = 512, compute: 
 
 
 def open_store(path: str | Path) -> xr.Dataset:
-    """Open a stage's store (lazily)."""
-    return xr.open_zarr(path, zarr_format=3, consolidated=False)
+    """Open a stage's store (lazily).
+
+    Snakemake marks a directory output with a ``.snakemake_timestamp`` file, which Zarr warns is
+    no part of the store: expected in every stage's output, so not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp is not recognized")
+        return xr.open_zarr(path, zarr_format=3, consolidated=False)
 
 
 def is_failed(ds: xr.Dataset) -> bool:

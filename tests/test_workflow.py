@@ -51,7 +51,7 @@ def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.Comple
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"reconstruction": {"tile_px": "big"}}, "'reconstruction.tile_px' is 'big', not a integer"),
+        ({"reconstruction": {"tile_px": "big"}}, "'reconstruction.tile_px' is 'big', not an integer"),
         ({"reconstruction": {"refine": ["focus"]}}, "'reconstruction.refine.0' is 'focus'; allowed: 'defocus',"),
         ({"reconstruction": {"tile_pix": 256}}, "unknown key 'reconstruction.tile_pix'; did you mean 'tile_px'?"),
         ({"campain": "x"}, "unknown key 'campain'; did you mean 'campaign'?"),
