@@ -105,7 +105,7 @@ def main() -> None:
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))
         tiles, first = grid[: args.tiles], grid[args.tiles : args.tiles + 2]
         # The fit's own throughput: the calibration stage that three-image series get on top is left out.
-        settings = reconstruct.Settings(max_iterations=args.iterations, converge=False, calibration_stage=False)
+        settings = reconstruct.Settings(max_iterations=args.iterations, converge=False, subfield_uncertainty=False)
         canvas = args.tile + 4 * halo
         print(
             f"{len(tiles)} tiles of {args.tile} px, halo {halo} px (canvas {canvas} px), "

@@ -124,6 +124,7 @@ def series_row(ds) -> dict:
     acc_ad_vs_tie = metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values)
     reasons = quality.alignment_reasons(ds.attrs, ds["registration_confidence"].values)
     reasons += quality.fit_reasons(ds.attrs, acc_ad_vs_tie)
+    reasons += quality.calibration_reasons(ds["defocus_nominal_nm"].values, ds["defocus_std_nm"].values)
     nominal = ds["defocus_nominal_nm"].values
     recovered = ds["defocus_nm"].values
     defocused = np.abs(nominal) > 0

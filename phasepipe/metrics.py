@@ -47,3 +47,30 @@ def defocus_errors(fitted_nm: np.ndarray, true_nm: np.ndarray, focus_tol_nm: flo
     err = np.abs(fitted_nm - true_nm)
     in_focus = np.abs(true_nm) < focus_tol_nm
     return np.where(in_focus, err, err / np.where(in_focus, 1.0, np.abs(true_nm)))
+
+
+def octave_bands(shape: tuple[int, int], pixel_size_nm: float, octaves: int) -> list[tuple[float, float]]:
+    """(q_low, q_high] in cycles per nm of ``octaves`` octaves, from Nyquist down; the last reaches 0."""
+    nyquist = 1 / (2 * pixel_size_nm)
+    bands = [(nyquist / 2 ** (k + 1), nyquist / 2**k) for k in range(octaves)]
+    bands[-1] = (0.0, bands[-1][1])
+    return bands
+
+
+def band_errors(
+    recovered: np.ndarray, truth: np.ndarray, pixel_size_nm: float, octaves: int = 6, border_px: int = BORDER_PX
+) -> list[float]:
+    """The phase error per octave of spatial frequency, relative to the truth's own content there:
+    sqrt(sum |F[recovered - truth]|^2 / sum |F[truth]|^2) over the octave, on the registered
+    interior (Hann-windowed, as the interior is not periodic). Octaves as :func:`octave_bands`."""
+    diff = _interior(register_to(truth, recovered) - truth, border_px)
+    ref = _interior(truth, border_px)
+    window = np.outer(np.hanning(diff.shape[0]), np.hanning(diff.shape[1]))
+    power = [np.abs(np.fft.fft2((a - a.mean()) * window)) ** 2 for a in (diff, ref)]
+    qy, qx = (np.fft.fftfreq(n, pixel_size_nm) for n in diff.shape)
+    q = np.hypot(qy[:, None], qx[None, :])
+    errors = []
+    for low, high in octave_bands(diff.shape, pixel_size_nm, octaves):
+        band = (q > low) & (q <= high)
+        errors.append(float(np.sqrt(power[0][band].sum() / max(power[1][band].sum(), 1e-30))))
+    return errors

@@ -8,6 +8,7 @@ Lengths in nm, angles in rad, voltages in V, spatial frequency in cycles per nm.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,28 @@ def interaction_constant(voltage_v: float) -> float:
     gamma = 1 + E_CHARGE * voltage_v / (M0 * C_LIGHT**2)
     lam_m = wavelength_nm(voltage_v) * 1e-9
     return 2 * np.pi * M0 * gamma * E_CHARGE * lam_m / H_PLANCK**2 * 1e-9
+
+
+# Fraction of the spatial-coherence envelope below which a spatial frequency counts as not transferred.
+ENVELOPE_FLOOR = 0.05
+
+
+def fresnel_spread_px(voltage_v: float, beam_divergence_rad: float, defocus_nm: float, pixel_size_nm: float) -> int:
+    """How far (px, rounded up to a multiple of 8) a defocus carries image content sideways.
+
+    A spatial frequency q moves by lambda |df| q over a defocus df, so an image near a window's
+    edge depends on the object up to R = lambda |df| q_res beyond it; q_res is the highest
+    frequency the image resolves: Nyquist, or where the spatial-coherence envelope
+    exp(-(pi theta_c df q)^2) falls below ``ENVELOPE_FLOOR``, whichever is lower. The halo of a
+    tile, the margin of a whole field's canvas and the simulator's field beyond its window.
+    """
+    df = abs(defocus_nm)
+    if df == 0:
+        return 0
+    q_nyquist = 1 / (2 * pixel_size_nm)
+    q_envelope = math.sqrt(math.log(1 / ENVELOPE_FLOOR)) / (math.pi * beam_divergence_rad * df)
+    spread_px = wavelength_nm(voltage_v) * df * min(q_nyquist, q_envelope) / pixel_size_nm
+    return 8 * math.ceil(spread_px / 8)
 
 
 def frequency_grid(shape: tuple[int, int], pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,14 @@ def fit_reasons(attrs: dict, acc_ad_vs_tie: float) -> list[str]:
     return reasons
 
 
+def calibration_reasons(nominal_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
+    """A calibration whose uncertainty could not be estimated (a field too small for sub-fields)."""
+    defocused = np.abs(nominal_nm) > 0
+    if defocused.any() and not np.all(np.isfinite(std_nm[defocused])):
+        return ["calibration: its uncertainty could not be estimated (a field under 96 px); defocus_std_nm is NaN"]
+    return []
+
+
 def verdict(status: str, reasons: list[str]) -> str:
     """ok, warning or failed."""
     if status != "ok":

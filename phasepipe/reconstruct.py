@@ -101,14 +101,17 @@ class Settings:
     refine: tuple[str, ...] = ("defocus",)
     max_iterations: int = 4000
     converge: bool = True  # stop on a relative loss change below ``tolerance``
-    tolerance: float = 2e-4
-    tv_weight: float | None = None  # None = chosen from the measured noise
+    tolerance: float = 1e-3
+    tv_weight: float | None = None  # None = chosen from the measured noise by tv_rule
+    tv_rule: tuple[float, float] = (0.15, 1.0)  # (scale, power) of auto_tv_weight (benchmarks/tune.py)
     device: str = "cpu"
     options: dict[str, ParameterOptions] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
     log_every: int = 100
     continuation_step: int = 150  # iterations between admitting the next |defocus| level
     coarse_factor: int = 2  # binning of the first, coarse fit (1: none)
     calibration_stage: bool = True  # debias the calibration of series with one defocused level
+    margin: str = "auto"  # the canvas beyond the images: "auto" (canvas_margin_px) or "none" (periodic)
+    subfield_uncertainty: bool = True  # the calibration's std from sub-fields and a bootstrap (uncertainty.py)
 
 
 class Parameters(torch.nn.Module):
@@ -124,7 +127,8 @@ class Parameters(torch.nn.Module):
         self.register_buffer("defocus_start_nm", defocus_nm)
         self.reference = reference
         n = defocus_nm.numel()
-        self.phase = torch.nn.Parameter(torch.as_tensor(phase, dtype=torch.float32))
+        # Copies (torch.tensor), never views of the caller's arrays, which the fit updates in place.
+        self.phase = torch.nn.Parameter(torch.tensor(np.asarray(phase), dtype=torch.float32))
         self.log_amplitude = torch.nn.Parameter(torch.log(torch.as_tensor(amplitude, dtype=torch.float32)))
         self.defocus_scale = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))  # log of true / nominal
         self.defocus = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
@@ -326,10 +330,11 @@ def noise_level(images: np.ndarray) -> float:
     return float(np.mean([estimate_sigma(im / im.mean()) for im in images]))
 
 
-def auto_tv_weight(noise: float) -> float:
-    """TV weight that scales with the measured noise variance, and no less than
+def auto_tv_weight(noise: float, rule: tuple[float, float] = (0.15, 1.0)) -> float:
+    """TV weight ``scale * noise ** power`` for ``rule`` = (scale, power), and no less than
     ``TV_WEIGHT_FLOOR`` (see docs/physics.md)."""
-    return max(0.5 * noise**2, TV_WEIGHT_FLOOR)
+    scale, power = rule
+    return max(scale * noise**power, TV_WEIGHT_FLOOR)
 
 
 @dataclass
@@ -472,6 +477,7 @@ class Reconstruction:
     tv_weight: float
     iterations: int
     seconds: float
+    calibration_subfields: np.ndarray = field(default_factory=lambda: np.array([]))  # factors of 2 x 2 sub-fields
 
 
 def misfit_per_image(predicted: torch.Tensor, data: torch.Tensor, measured: torch.Tensor | None) -> torch.Tensor:
@@ -479,61 +485,6 @@ def misfit_per_image(predicted: torch.Tensor, data: torch.Tensor, measured: torc
     if measured is None:
         return torch.mean((predicted - data) ** 2, dim=(1, 2))
     return torch.sum(measured * (predicted - data) ** 2, dim=(1, 2)) / measured.sum()
-
-
-def microscope_values(params: Parameters) -> torch.Tensor:
-    """Every microscope parameter in physical units, as one vector: defocus_nm (N),
-    beam_divergence_mrad, defocus_spread_nm, shifts_px (N x 2, y then x per image)."""
-    return torch.cat(
-        [
-            params.defocus_nm().double(),
-            (params.beam_divergence_rad() * 1e3).double().reshape(1),
-            params.defocus_spread_nm().double().reshape(1),
-            params.shifts_px().double().reshape(-1),
-        ]
-    )
-
-
-def _uncertainty(model: ForwardModel, params: Parameters, data: torch.Tensor, settings: Settings) -> np.ndarray:
-    """Standard deviation of every value of :func:`microscope_values` from the loss curvature
-    (Gauss-Newton); 0 for what was not refined.
-
-    Conditional on the fitted object: cov = 2 L / M * H^-1 over the refined groups' raw
-    parameters (L the misfit at the optimum, M the number of data values, H the misfit's Hessian),
-    carried to physical units through the Jacobian of :func:`microscope_values`.
-    """
-    from torch.func import functional_call
-
-    groups = [group for name in settings.refine for group in GROUPS[name]]
-    start = {group: getattr(params, group).detach() for group in groups}
-    flat = torch.cat([value.reshape(-1).double() for value in start.values()])
-
-    def at(vector: torch.Tensor, fn):
-        """``fn(params)`` with the refined groups set from ``vector``."""
-        pieces = torch.split(vector, [value.numel() for value in start.values()])
-        overrides = {
-            group: piece.reshape(value.shape).to(value.dtype)
-            for (group, value), piece in zip(start.items(), pieces, strict=True)
-        }
-        return functional_call(params, overrides, (fn,))
-
-    def misfit(vector):
-        return at(
-            vector,
-            lambda p: torch.mean(misfit_per_image(model(p, "shifts" in settings.refine), data, model.measured)),
-        )
-
-    hess = torch.autograd.functional.hessian(misfit, flat).double()
-    jac = torch.autograd.functional.jacobian(lambda vector: at(vector, microscope_values), flat).double()
-    if not torch.isfinite(hess).all():
-        # Seen once, on a fit whose defocus had run far from the truth (docs/physics.md): the maps
-        # are still the fit's to write, but a curvature that is not finite gives no std.
-        log.warning("the loss curvature at the fitted parameters is not finite: their std are reported as NaN")
-        refined = (jac != 0).any(dim=1)
-        return torch.where(refined, torch.nan, 0.0).cpu().numpy()
-    values = data.numel() if model.measured is None else float(model.measured.sum()) * data.shape[0]
-    cov = torch.linalg.pinv(hess) * 2 * float(misfit(flat).detach()) / values
-    return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()
 
 
 def binned(stack: np.ndarray, factor: int) -> np.ndarray:
@@ -579,7 +530,7 @@ def _fit_canvas(
     weight = np.ones(images.shape[1:]) if measured is None else measured
     data_np = images / (np.sum(images * weight, axis=(1, 2), keepdims=True) / weight.sum())
     noise = noise_level(images)
-    tv_weight = auto_tv_weight(noise) if settings.tv_weight is None else settings.tv_weight
+    tv_weight = auto_tv_weight(noise, settings.tv_rule) if settings.tv_weight is None else settings.tv_weight
     factor = settings.coarse_factor
     coarse_seconds = 0.0
     if factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX:
@@ -747,20 +698,21 @@ def reconstruct(
     microscope: Microscope,
     settings: Settings,
     progress=None,
-    margin_px: int = 0,
+    margin_px: int | None = None,
 ) -> Reconstruction:
     """Recover phase, amplitude and the refined microscope parameters of one aligned series.
 
     The fit runs coarse to fine (:func:`_fit_canvas`); ``progress`` follows the full-resolution
-    fit, and the iterations reported are its own. A series with one defocused level and
-    ``defocus`` refined then goes through the calibration stage (:func:`_calibration_stage`),
-    whose time is counted in. ``margin_px`` > 0: the object is fitted on a
-    canvas wider than the images by that margin on every side, where no data constrain it, so that
-    the FFT's periodic wrap-around falls outside the data (a tile of a larger field is not
-    periodic); the maps returned cover the images.
+    fit, and the iterations reported are its own. The object is fitted on a canvas wider than the images by
+    ``margin_px`` on every side, where no data constrain it, so that the FFT's periodic wrap-around
+    falls outside the data: a microscope records a window of a larger field, which is not periodic.
+    ``None``: as ``settings.margin`` says, by default the Fresnel spread of the largest defocus
+    (:func:`canvas_margin_px`); 0: a periodic field. The maps returned cover the images.
     """
     images = np.asarray(images, dtype=np.float64)
     nominal = np.asarray(defocus_nominal_nm, dtype=np.float64)
+    if margin_px is None:
+        margin_px = canvas_margin_px(nominal, pixel_size_nm, microscope) if settings.margin == "auto" else 0
     height, width = images.shape[1:]
     measured = None
     if margin_px:
@@ -774,6 +726,8 @@ def reconstruct(
             "defocus_spread is refined, but its envelope does not depend on defocus: a series cannot "
             "tell it from the object's own resolution, so the value is not a measurement (docs/physics.md)"
         )
+    from phasepipe import uncertainty  # it builds on this module's model and fit
+
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
     fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
     if (
@@ -784,7 +738,27 @@ def reconstruct(
         _calibration_stage(fitted, settings)
     params, result = fitted.params, fitted.result
     n = len(nominal)
-    std = _uncertainty(fitted.model, params, fitted.data, settings) if settings.refine else np.zeros(3 * n + 2)
+    std = (
+        uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
+        if settings.refine
+        else np.zeros(3 * n + 2)
+    )
+    subfields = np.array([])
+    if "defocus" in settings.refine and settings.subfield_uncertainty:
+        relative, subfields = uncertainty.subfield_calibration_std(
+            images[(slice(None), *inner)],
+            params.phase.detach().cpu().numpy().copy(),  # copies: the sub-fields' fits write their own
+            params.log_amplitude.detach().cpu().numpy().copy(),
+            margin_px,
+            nominal,
+            math.exp(params.defocus_scale.item()),
+            pixel_size_nm,
+            microscope,
+            settings,
+            fitted.tv_weight,
+        )
+        with torch.no_grad():
+            std[:n] = np.maximum(std[:n], relative * np.abs(params.defocus_nm().cpu().numpy()))
     with torch.no_grad():
         return Reconstruction(
             phase=params.phase.cpu().numpy()[inner].astype(np.float32),
@@ -803,17 +777,24 @@ def reconstruct(
             tv_weight=fitted.tv_weight,
             iterations=result.iterations,
             seconds=result.seconds,
+            calibration_subfields=subfields,
         )
+
+
+def canvas_margin_px(defocus_nominal_nm: np.ndarray, pixel_size_nm: float, microscope: Microscope) -> int:
+    """The margin of a field's canvas: how far its largest defocus carries content sideways."""
+    largest = float(np.abs(np.asarray(defocus_nominal_nm, float)).max())
+    theta = microscope.beam_divergence_mrad * 1e-3
+    return physics.fresnel_spread_px(microscope.voltage_kv * 1e3, theta, largest, pixel_size_nm)
 
 
 def single_defocus_level(defocus_nominal_nm: np.ndarray, refine: tuple[str, ...]) -> float | None:
     """The one |defocus| (nm) of a series whose defocused images all sit at it (a +-df pair, or
     one image), when its defocus is refined; None otherwise.
 
-    Such a series identifies the defocus calibration only through weak non-linear effects: on
-    the simulator's three-image vortex series at 512^2 the coarse-to-fine fit left it up to 2 %
-    off (docs/physics.md, "What the data identify"), the demo's five images 0.3-0.8 %. It gets
-    the calibration stage (:func:`reconstruct`), and the CLI warns.
+    Such a series identifies the defocus calibration only through non-linear effects (Fresnel
+    fringes of edges), a weak phase not at all: the CLI warns (docs/physics.md, "What the data
+    identify").
     """
     level = defocus_levels(defocus_nominal_nm)
     levels = np.unique(level[level > 0])
@@ -884,6 +865,7 @@ def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -
             "beam_divergence_std_mrad": result.beam_divergence_std_mrad,
             "defocus_spread_std_nm": result.defocus_spread_std_nm,
             "refined": json.dumps(list(settings.refine)),
+            "calibration_subfields": json.dumps([round(float(c), 6) for c in result.calibration_subfields]),
             "final_loss": result.loss,
             "noise": result.noise,
             "tv_weight": result.tv_weight,

@@ -3,14 +3,17 @@
 Magnetic textures become magnetic phase through the Fourier relation of the physics module,
 thickness maps give electrostatic phase and amplitude, and a through-focus series is formed with
 the same image-formation code the reconstruction fits, then degraded the way a real acquisition
-is: a defocus calibration that is off by a few percent, drift between images, and noise. Images are
-written as calibrated multi-page TIFF files with a series sheet, as a microscope would leave them,
-and the ground truth is kept beside them for tests and benchmarks.
+is: a defocus calibration that is off by a few percent, drift between images, and noise. As in a
+microscope, the detector records a window of a larger field: the images are formed on the field
+and cropped, so that features cut by the window's edge and fringes from outside it are there
+(:func:`record`). Images are written as calibrated multi-page TIFF files with a series sheet, as a
+microscope would leave them, and the ground truth is kept beside them for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,8 +49,9 @@ class SeriesSpec:
     thickness_nm: float = 40.0
     mean_inner_potential_v: float = 20.0
     inelastic_mfp_nm: float = 120.0
-    n_particles: int = 8  # non-magnetic particles
-    island_frac: float = 0.0  # > 0: the film is a patterned disk of this radius (fraction of the field)
+    n_particles: int = 8  # non-magnetic particles per window area
+    island_frac: float = 0.0  # > 0: the film is a patterned disk of this radius (fraction of the window)
+    margin_px: int | None = None  # field beyond the recorded window; None: auto, 0: a periodic window
     seed: int = 0
     session: str = ""
     acquired: str = ""
@@ -68,17 +72,21 @@ def smooth_noise(n: int, corr_px: float, rng: np.random.Generator) -> np.ndarray
     return (noise - noise.mean()) / noise.std()
 
 
-def _disk(n: int, radius_frac: float) -> np.ndarray:
-    """A patterned island: 1 inside, 0 outside, with a sloped edge.
+def _disk(n: int, radius_px: float) -> np.ndarray:
+    """A patterned island centred on an n x n field: 1 inside, 0 outside, with a sloped edge.
 
     Real patterned edges are sloped; a cliff steeper than about 1 rad/px would make the phase step
     ambiguous by 2 pi.
     """
     y, x = _grid(n)
-    return 0.5 * (1 - np.tanh((np.hypot(y, x) - radius_frac * n) / 4.0))
+    return 0.5 * (1 - np.tanh((np.hypot(y, x) - radius_px) / 4.0))
 
 
-def vortex(n: int, rng: np.random.Generator, radius_frac: float = 0.36, core_px: float = 4.0):
+# Texture makers: magnetisation (mx, my) and the film's support on an n x n field, whose recorded
+# window is ``window`` px wide in its centre; sizes are fractions of the window.
+
+
+def vortex(n: int, window: int, rng: np.random.Generator, radius_frac: float = 0.36, core_px: float = 4.0):
     """A magnetic vortex in a disk: in-plane curl, vanishing at the core; support = the disk."""
     y, x = _grid(n)
     y = y + rng.uniform(-2, 2)
@@ -88,13 +96,13 @@ def vortex(n: int, rng: np.random.Generator, radius_frac: float = 0.36, core_px:
     inplane = 1 - np.exp(-((r / core_px) ** 2))
     mx = -chirality * inplane * y / np.maximum(r, 1e-9)
     my = chirality * inplane * x / np.maximum(r, 1e-9)
-    return mx, my, _disk(n, radius_frac)
+    return mx, my, _disk(n, radius_frac * window)
 
 
-def skyrmions(n: int, rng: np.random.Generator, cells: int = 6):
-    """A Bloch skyrmion lattice (triple-q), with wave vectors commensurate with the grid."""
+def skyrmions(n: int, window: int, rng: np.random.Generator, cells: int = 6):
+    """A Bloch skyrmion lattice (triple-q), ``cells`` lattice periods across the window."""
     y, x = _grid(n)
-    b = int(round(cells * np.sqrt(3) / 2))
+    b = cells * np.sqrt(3) / 2
     wavevectors = [(cells, 0), (-cells / 2, b), (-cells / 2, -b)]
     mx = np.zeros((n, n))
     my = np.zeros((n, n))
@@ -102,41 +110,50 @@ def skyrmions(n: int, rng: np.random.Generator, cells: int = 6):
     for kx, ky in wavevectors:
         # Bloch helix: rotation in the plane normal to k, i.e. in-plane part along z x k.
         k = np.hypot(kx, ky)
-        arg = 2 * np.pi * (kx * x + ky * y) / n + offset
+        arg = 2 * np.pi * (kx * x + ky * y) / window + offset
         mx += -ky / k * np.sin(arg)
         my += kx / k * np.sin(arg)
     norm = np.max(np.hypot(mx, my))
     return mx / norm, my / norm, np.ones((n, n))
 
 
-def stripes(n: int, rng: np.random.Generator, periods: int = 5, wiggle: float = 0.12):
-    """Stripe domains with undulating walls: magnetisation alternating along x, walls along x."""
+def stripes(n: int, window: int, rng: np.random.Generator, periods: int = 5, wiggle: float = 0.12):
+    """Stripe domains with undulating walls, ``periods`` across the window: magnetisation
+    alternating along x, walls along x."""
     y, x = _grid(n)
-    arg = 2 * np.pi * (periods * y / n + wiggle * np.sin(2 * np.pi * 2 * x / n + rng.uniform(0, 2 * np.pi)))
+    arg = 2 * np.pi * (periods * y / window + wiggle * np.sin(2 * np.pi * 2 * x / window + rng.uniform(0, 2 * np.pi)))
     mx = np.tanh(3 * np.sin(arg))
     return mx, np.zeros((n, n)), np.ones((n, n))
 
 
-def _texture(spec: SeriesSpec, rng: np.random.Generator):
+def _texture(spec: SeriesSpec, n: int, rng: np.random.Generator):
     makers = {"vortex": vortex, "skyrmions": skyrmions, "stripes": stripes}
     if spec.texture not in makers:
         raise ValueError(f"unknown texture {spec.texture!r}; choose from {', '.join(TEXTURES)}")
-    return makers[spec.texture](spec.size_px, rng, **spec.extra)
+    return makers[spec.texture](n, spec.size_px, rng, **spec.extra)
 
 
-def exit_wave(spec: SeriesSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True exit wave: returns (psi, phase, amplitude) for the spec's texture."""
-    n = spec.size_px
-    mx, my, support = _texture(spec, rng)
+def margin_px(spec: SeriesSpec) -> int:
+    """The simulated field's margin around the recorded window (:func:`field_margin_px`); 0 when the
+    spec asks for a periodic field."""
+    if spec.margin_px is not None:
+        return spec.margin_px
+    return field_margin_px(_acquisition(spec))
+
+
+def exit_wave(spec: SeriesSpec, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """True exit wave on an n x n field (the window and its margin): (phase, amplitude)."""
+    mx, my, support = _texture(spec, n, rng)
     if spec.island_frac > 0:
-        support = support * _disk(n, spec.island_frac)
+        support = support * _disk(n, spec.island_frac * spec.size_px)
     # Thickness: the film (or disk), with gentle roughness.
     thickness = spec.thickness_nm * support * (1 + 0.05 * smooth_noise(n, 12.0, rng))
     # Gold fiducial particles, as used for alignment in practice: strongly absorbing, so they
-    # show in focus too, and the same in under- and overfocus (unlike magnetic contrast).
+    # show in focus too, and the same in under- and overfocus (unlike magnetic contrast). As
+    # many per window area as the spec asks, over the whole field: some are cut by its edge.
     y, x = _grid(n)
     particles = np.zeros((n, n))
-    for _ in range(spec.n_particles):
+    for _ in range(int(round(spec.n_particles * (n / spec.size_px) ** 2))):
         cy, cx = rng.uniform(-n / 2, n / 2, size=2)
         dy = (y - cy + n / 2) % n - n / 2
         dx = (x - cx + n / 2) % n - n / 2
@@ -145,50 +162,96 @@ def exit_wave(spec: SeriesSpec, rng: np.random.Generator) -> tuple[np.ndarray, n
     sigma = physics.interaction_constant(spec.voltage_kv * 1e3)
     phase_e = sigma * (spec.mean_inner_potential_v * thickness + PARTICLE_INNER_POTENTIAL_V * particles)
     phase_m = physics.magnetic_phase(mx, my, spec.thickness_nm * support, spec.b0_t, spec.pixel_size_nm)
-    phase = phase_e + phase_m
     amplitude = np.exp(-thickness / (2 * spec.inelastic_mfp_nm) - particles / (2 * PARTICLE_ABSORPTION_MFP_NM))
-    return amplitude * np.exp(1j * phase), phase, amplitude
+    return phase_e + phase_m, amplitude
 
 
-def simulate_series(spec: SeriesSpec) -> tuple[np.ndarray, xr.Dataset]:
-    """Simulate one series: returns the recorded images (N, y, x) float32 and the ground truth."""
-    rng = np.random.default_rng(spec.seed)
-    psi, phase, amplitude = exit_wave(spec, rng)
-    nominal = np.asarray(spec.defocus_nominal_nm, dtype=float)
+@dataclass(frozen=True)
+class Acquisition:
+    """How a series is recorded: defocus, its calibration, drift, noise, and the microscope."""
+
+    defocus_nominal_nm: tuple[float, ...]
+    calibration: float = 1.0
+    defocus_jitter: float = 0.0
+    noise_fraction: float = 0.05
+    counts_per_px: float = 1000.0
+    drift_px: float = 3.0
+    pixel_size_nm: float = 5.0
+    voltage_kv: float = 200.0
+    cs_mm: float = 1.0
+    beam_divergence_mrad: float = 0.01
+    defocus_spread_nm: float = 500.0
+
+
+def record(
+    phase: np.ndarray, amplitude: np.ndarray, window: int, acquisition: Acquisition, rng: np.random.Generator
+) -> tuple[np.ndarray, xr.Dataset]:
+    """A through-focus series of the exit wave (phase, amplitude) on a field whose centre
+    ``window`` x ``window`` px the detector records: the images are formed on the whole field (the
+    FFT's periodic wrap-around lands in the margin, beyond the Fresnel spread of the window) with
+    the drift, then cropped, so that features cut by the window's edge and fringes from outside it
+    are there, as in a microscope. Returns the images (N, window, window) float32 and the truth.
+    """
+    a = acquisition
+    n = phase.shape[0]
+    margin = (n - window) // 2
+    crop = np.s_[..., margin : margin + window, margin : margin + window]
+    nominal = np.asarray(a.defocus_nominal_nm, dtype=float)
     n_img = nominal.size
-    true_df = spec.calibration * nominal * (1 + spec.defocus_jitter * rng.standard_normal(n_img))
-    steps = spec.drift_px * rng.standard_normal((n_img, 2))
+    true_df = a.calibration * nominal * (1 + a.defocus_jitter * rng.standard_normal(n_img))
+    steps = a.drift_px * rng.standard_normal((n_img, 2))
     shifts = np.cumsum(steps, axis=0)
     shifts -= shifts[np.argmin(np.abs(nominal))]  # drift measured relative to the in-focus image
 
-    qy, qx = physics.frequency_grid(psi.shape, spec.pixel_size_nm)
-    lam = physics.wavelength_nm(spec.voltage_kv * 1e3)
+    qy, qx = physics.frequency_grid(phase.shape, a.pixel_size_nm)
+    lam = physics.wavelength_nm(a.voltage_kv * 1e3)
     transfer = physics.transfer_function(
-        qx**2 + qy**2,
-        true_df[:, None, None],
-        lam,
-        spec.cs_mm * 1e6,
-        spec.beam_divergence_mrad * 1e-3,
-        spec.defocus_spread_nm,
+        qx**2 + qy**2, true_df[:, None, None], lam, a.cs_mm * 1e6, a.beam_divergence_mrad * 1e-3, a.defocus_spread_nm
     )
-    ramp = physics.shift_ramp(qy, qx, shifts, spec.pixel_size_nm)
-    clean = physics.image_intensities(psi, transfer, ramp)
-    noisy = clean * (1 + spec.noise_fraction * rng.standard_normal(clean.shape))
-    images = (spec.counts_per_px * np.clip(noisy, 0, None)).astype(np.float32)
+    ramp = physics.shift_ramp(qy, qx, shifts, a.pixel_size_nm)
+    clean = physics.image_intensities(amplitude * np.exp(1j * phase), transfer, ramp)[crop]
+    noisy = clean * (1 + a.noise_fraction * rng.standard_normal(clean.shape))
+    images = (a.counts_per_px * np.clip(noisy, 0, None)).astype(np.float32)
 
-    coords = {"y": np.arange(spec.size_px) * spec.pixel_size_nm, "x": np.arange(spec.size_px) * spec.pixel_size_nm}
+    true_phase = phase[crop]
+    coords = {"y": np.arange(window) * a.pixel_size_nm, "x": np.arange(window) * a.pixel_size_nm}
     truth = xr.Dataset(
         {
-            "phase": (("y", "x"), phase - phase.mean()),
-            "amplitude": (("y", "x"), amplitude),
+            "phase": (("y", "x"), true_phase - true_phase.mean()),
+            "amplitude": (("y", "x"), amplitude[crop]),
             "defocus_nm": (("image",), true_df),
             "defocus_nominal_nm": (("image",), nominal),
             "shift_y_px": (("image",), shifts[:, 0]),
             "shift_x_px": (("image",), shifts[:, 1]),
         },
         coords=coords,
-        attrs={"spec": _spec_attrs(spec)},
     )
+    return images, truth
+
+
+def field_margin_px(acquisition: Acquisition) -> int:
+    """How far beyond the recorded window the field must reach: what the largest defocus carries
+    into the window (its Fresnel spread, with room for a 10 % miscalibration) plus four rms drift
+    steps per image, in px, a multiple of 8."""
+    a = acquisition
+    largest = 1.1 * max(abs(d) for d in a.defocus_nominal_nm)
+    spread = physics.fresnel_spread_px(a.voltage_kv * 1e3, a.beam_divergence_mrad * 1e-3, largest, a.pixel_size_nm)
+    drift = 4 * a.drift_px * np.sqrt(len(a.defocus_nominal_nm))
+    return 8 * int(np.ceil((spread + drift) / 8))
+
+
+def _acquisition(spec: SeriesSpec) -> Acquisition:
+    fields = {f.name for f in dataclasses.fields(Acquisition)}
+    return Acquisition(**{k: v for k, v in asdict(spec).items() if k in fields})
+
+
+def simulate_series(spec: SeriesSpec) -> tuple[np.ndarray, xr.Dataset]:
+    """Simulate one series: returns the recorded images (N, y, x) float32 and the ground truth."""
+    rng = np.random.default_rng(spec.seed)
+    n = spec.size_px + 2 * margin_px(spec)
+    phase, amplitude = exit_wave(spec, rng, n)
+    images, truth = record(phase, amplitude, spec.size_px, _acquisition(spec), rng)
+    truth.attrs["spec"] = _spec_attrs(spec)
     return images, truth
 
 

@@ -34,7 +34,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +51,6 @@ ANCHOR_SIGMA_BINS = 2.0  # low-pass (Gaussian sigma, binned px) below which tile
 # a constant, and a tile's fit pins its low frequencies poorly (a gradient across a periodic
 # window is a beam tilt); log amplitude up to a constant (intensities are normalised per tile).
 TERMS = {"phase": 3, "amplitude": 1, "tie_phase": 3}
-# Fraction of the Fresnel envelope below which a spatial frequency counts as not transferred.
-ENVELOPE_FLOOR = 0.05
 # Peak memory of one tile's fit: interpreter, torch and the compiled kernels, with up to 64 MB of
 # freed memory kept for reuse (reuse_freed_memory), plus bytes per window pixel and image
 # (measured by benchmarks/tiling_speed.py: 1.07-1.13 GB per worker on a 640 px canvas of three
@@ -191,24 +189,11 @@ def slurm_from_config(section: dict) -> SlurmSettings:
 
 
 def auto_halo_px(microscope: reconstruct.Microscope, max_defocus_nm: float, pixel_size_nm: float) -> int:
-    """Halo that covers the Fresnel spread of the largest defocus, in px (a multiple of 8).
-
-    A spatial frequency q is carried sideways by lambda |df| q over a defocus df, so the images
-    near a window's edge depend on the object up to R = lambda |df|max q_res beyond it. q_res is
-    the highest frequency the images resolve: Nyquist, or where the spatial-coherence envelope
-    exp(-(pi theta_c df q)^2) falls below ``ENVELOPE_FLOOR``, whichever is lower. The tile's
-    object is fitted on a canvas a further halo wider, free of data, so that the FFT's wrap-around
-    falls outside the data.
-    """
-    wavelength = physics.wavelength_nm(microscope.voltage_kv * 1e3)
-    df = abs(max_defocus_nm)
-    if df == 0:
-        return 0
-    q_nyquist = 1 / (2 * pixel_size_nm)
+    """Halo that covers the Fresnel spread of the largest defocus (:func:`physics.fresnel_spread_px`).
+    The tile's object is fitted on a canvas a further halo wider, free of data, so that the FFT's
+    wrap-around falls outside the data."""
     theta = microscope.beam_divergence_mrad * 1e-3
-    q_envelope = math.sqrt(math.log(1 / ENVELOPE_FLOOR)) / (math.pi * theta * df)
-    spread_px = wavelength * df * min(q_nyquist, q_envelope) / pixel_size_nm
-    return 8 * math.ceil(spread_px / 8)
+    return physics.fresnel_spread_px(microscope.voltage_kv * 1e3, theta, max_defocus_nm, pixel_size_nm)
 
 
 @dataclass(frozen=True)
@@ -483,7 +468,7 @@ def run_overview(job: TileJob, factor: int) -> dict:
     """Reconstruct the whole field binned ``factor`` x ``factor`` (the low frequencies every tile
     is anchored to), or reuse its record."""
     return _reconstruct_once(
-        job, read_binned(job.store, factor), job.pixel_size_nm * factor, 0, Path(job.records) / OVERVIEW
+        job, read_binned(job.store, factor), job.pixel_size_nm * factor, None, Path(job.records) / OVERVIEW
     )
 
 
@@ -526,7 +511,9 @@ def reuse_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 64 * 2**20)  # freed memory kept for reuse: a few maps of a large canvas
 
 
-def _reconstruct_once(job: TileJob, images: np.ndarray, pixel_size_nm: float, margin_px: int, folder: Path) -> dict:
+def _reconstruct_once(
+    job: TileJob, images: np.ndarray, pixel_size_nm: float, margin_px: int | None, folder: Path
+) -> dict:
     """The record in ``folder`` when it was made from the same ``images``; otherwise reconstruct
     them and leave the record."""
     import torch
@@ -924,8 +911,11 @@ def reconstruct_tiled(
         torch_threads,
         tiling.scheduler,
     )
+    # Tiles' calibrations scatter over the field: that spread is the series' std (combine_parameters),
+    # so a tile does not estimate it again from sub-fields of its own.
+    tile_settings = replace(settings, subfield_uncertainty=False)
     job = TileJob(
-        str(store), str(records), tuple(map(float, nominal)), pixel, microscope, settings, halo, torch_threads
+        str(store), str(records), tuple(map(float, nominal)), pixel, microscope, tile_settings, halo, torch_threads
     )
     factor = math.ceil(max(shape) / tiling.tile_px)  # the binned whole field fits in one tile
     slurm = SlurmWorkers(
@@ -1031,5 +1021,10 @@ def _lazy_result(shape: tuple[int, int], chunk_px: int, params: dict) -> reconst
 
     empty = da.zeros(shape, dtype=np.float32, chunks=chunk_px)
     maps = {"phase": empty, "amplitude": empty, "tie_phase": empty}
-    numbers = {f.name: params[f.name] for f in dataclasses.fields(reconstruct.Reconstruction) if f.name not in maps}
+    # The tiles' spread is the tiled field's uncertainty: no sub-fields' calibrations of its own.
+    numbers = {
+        f.name: params[f.name]
+        for f in dataclasses.fields(reconstruct.Reconstruction)
+        if f.name not in maps and f.name != "calibration_subfields"
+    }
     return reconstruct.Reconstruction(**maps, **numbers)

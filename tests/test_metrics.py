@@ -16,7 +16,7 @@ def vortex_phase(n: int = N) -> np.ndarray:
 
 def stripe_phase(n: int = N) -> np.ndarray:
     """Magnetic phase of periodic stripe domains, m = (f(y), 0): minus it is it shifted by half a period."""
-    mx, my, _ = simulate.stripes(n, np.random.default_rng(0))
+    mx, my, _ = simulate.stripes(n, n, np.random.default_rng(0))
     return physics.magnetic_phase(mx, my, 40.0, 1.0, 5.0)
 
 

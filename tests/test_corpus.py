@@ -1,0 +1,76 @@
+"""The validation corpus: its specimens, windows and grid, and the engine on held-out cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phasepipe import corpus, metrics, simulate
+
+
+def test_the_grid_covers_images_defocus_and_noise_per_family_and_seed():
+    cases = corpus.cases(("litho", "weak"), sizes=(128,), seeds=(0, 1))
+    assert len(cases) == 2 * 2 * 8
+    assert {(c.n_images, c.defocus_mm, c.noise) for c in cases} == {
+        (n, d, s) for n in (3, 5) for d in (0.8, 1.6) for s in (0.05, 0.1)
+    }
+    assert len({c.name for c in cases}) == len(cases)
+    assert set(corpus.TUNING).isdisjoint(corpus.HELD_OUT)
+
+
+def test_a_case_is_recorded_through_a_window_with_a_common_miscalibration():
+    """Drift of 1-4 px, the calibration within +-6 % and the same for every image; the field
+    beyond the window is there (the images' edges are not periodic)."""
+    case = corpus.Case("elements", 3, 128, 5, 1.6, 0.05)
+    acquisition = case.acquisition()
+    images, truth = corpus.simulate_case(case)
+    assert images.shape == (5, 128, 128) and images.dtype == np.float32
+    ratio = truth["defocus_nm"].values[[0, 1, 3, 4]] / np.array(acquisition.defocus_nominal_nm)[[0, 1, 3, 4]]
+    np.testing.assert_allclose(ratio, acquisition.calibration)
+    assert 0.94 <= acquisition.calibration <= 1.06 and 1 <= acquisition.drift_px <= 4
+    images2, truth2 = corpus.simulate_case(case)
+    np.testing.assert_array_equal(images, images2)  # seeded
+    # Non-periodic: opposite edges of the in-focus image differ as much as any two rows do.
+    focus = images[2] / images[2].mean()
+    edge_jump = np.abs(focus[0] - focus[-1]).mean()
+    assert edge_jump > 0.5 * np.abs(np.diff(focus, axis=0)).mean()
+
+
+@pytest.mark.parametrize("family", corpus.FAMILIES)
+def test_every_family_gives_a_sampled_phase_of_its_kind(family):
+    """Phase of a few rad (weak: below 3; wraps: more than 2 pi over and over), no step beyond pi
+    between pixels."""
+    rng = np.random.default_rng(0)
+    phase, amplitude = corpus.specimen(family, 192, 128, rng)
+    assert phase.shape == amplitude.shape == (192, 192)
+    assert np.all((amplitude > 0) & (amplitude <= 1))
+    assert max(np.abs(np.diff(phase, axis=a)).max() for a in (0, 1)) < np.pi
+    span = np.ptp(phase)
+    expected = {"weak": (0.3, 3.0), "wraps": (8.0, 200.0)}.get(family, (1.0, 15.0))
+    assert expected[0] < span < expected[1], span
+
+
+def test_octave_errors_and_transfer():
+    """The per-octave error of a map is 0 against itself and 1 for a map of zeros; the phase
+    transfer vanishes near q = 0 and is substantial in the mid octaves at 1.6 mm."""
+    rng = np.random.default_rng(1)
+    truth = simulate.smooth_noise(128, 2.0, rng)
+    assert np.allclose(metrics.band_errors(truth, truth, 5.0), 0, atol=1e-6)
+    assert np.allclose(metrics.band_errors(np.zeros_like(truth), truth, 5.0), 1, atol=1e-6)
+    case = corpus.Case("weak", 0, 128, 3, 1.6, 0.05)
+    bands = metrics.octave_bands((128, 128), corpus.PIXEL_NM, corpus.OCTAVES)
+    transfer = corpus.phase_transfer(case.acquisition(), np.array([-1.6e6, 0, 1.6e6]), (128, 128), bands)
+    assert transfer[-1] < 0.1 and max(transfer[1:4]) > 0.4
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "case",
+    [corpus.Case("litho", 1, 160, 5, 1.6, 0.05)],
+    ids=lambda c: c.name,
+)
+def test_the_engine_beats_tie_on_a_held_out_lithographic_window(case):
+    """A lithographic pattern cut by the window: the engine's acc above TIE's. (Not yet on every
+    held-out case, nor always above the plain reference fit: docs/physics.md, "Validation".)"""
+    row = corpus.run_case(case)
+    assert row["acc_ad"] > row["acc_tie"] + 0.02
