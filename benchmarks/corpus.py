@@ -5,7 +5,9 @@ Every case is simulated (a window of a larger field, drift, the nominal defocus 
 +-6 %), aligned as the align stage does, then reconstructed by the engine (default settings),
 by the plain reference fit (phasepipe/plain.py) and by TIE. Printed, per family and overall:
 
-* acc of each against the truth (median, and the worst case), and how often AD beats TIE;
+* acc of each against the truth (median, and the worst case), and how often AD beats TIE; and
+  the plane-free acc (the plane that best fits the error taken out first: no series measures a
+  phase ramp, docs/physics.md), which shows how much of what is lost is that ramp;
 * the calibration's error |fitted / true - 1| (median and 90th percentile) of AD and plain;
 * coverage of the stated uncertainty: the fraction of cases with |error| <= 2 std, and the
   median of |error| / std;
@@ -61,6 +63,7 @@ def quick_cases(size: int) -> list[corpus.Case]:
 def summary(rows: list[dict], label: str) -> dict:
     """The figures of one group of cases."""
     acc = {m: np.array([r[f"acc_{m}"] for r in rows if f"acc_{m}" in r]) for m in ("ad", "plain", "tie")}
+    free = {m: [r[f"acc_free_{m}"] for r in rows if f"acc_free_{m}" in r] for m in ("ad", "plain", "tie")}
     err_ad = np.abs([r["cal_err_ad"] for r in rows])
     std = np.array([r["cal_std_ad"] for r in rows])
     ratio = np.divide(err_ad, std, out=np.full_like(err_ad, np.inf), where=std > 0)
@@ -71,6 +74,7 @@ def summary(rows: list[dict], label: str) -> dict:
         "acc_ad_min": float(acc["ad"].min()),
         "acc_tie_median": float(np.median(acc["tie"])),
         "ad_above_tie": int(np.sum(acc["ad"] > acc["tie"])),
+        "acc_free": " / ".join(f"{np.median(v):.4f}" for v in free.values() if v),
         "cal_err_ad_median": float(np.median(err_ad)),
         "cal_err_ad_p90": float(np.percentile(err_ad, 90)),
         "coverage_2std": float(np.mean(ratio <= 2)),
@@ -101,7 +105,8 @@ def print_summaries(rows: list[dict]) -> None:
         if picked:
             groups[f"{n} images, {round(100 * noise)} %"] = picked
     has_plain = "acc_plain" in rows[0]
-    head = "| group | cases | acc AD (median, min) | acc plain | acc TIE | AD > TIE | cal error AD (median, p90)"
+    head = "| group | cases | acc AD (median, min) | acc plain | acc TIE | AD > TIE | plane-free acc AD / plain / TIE"
+    head += " | cal error AD (median, p90)"
     head += " | cal error plain p90 | |err| <= 2 std | median |err|/std | drift error (px) | fit / unc. / plain (s) |"
     print(head)
     print("|" + " --- |" * head.count(" | ") + "")
@@ -114,7 +119,7 @@ def print_summaries(rows: list[dict]) -> None:
         )
         print(
             f"| {label} | {s['cases']} | {s['acc_ad_median']:.4f}, {s['acc_ad_min']:.4f} | {plain_acc} "
-            f"| {s['acc_tie_median']:.4f} | {s['ad_above_tie']}/{s['cases']} "
+            f"| {s['acc_tie_median']:.4f} | {s['ad_above_tie']}/{s['cases']} | {s['acc_free']} "
             f"| {100 * s['cal_err_ad_median']:.2f} %, {100 * s['cal_err_ad_p90']:.2f} % | {plain_err} "
             f"| {100 * s['coverage_2std']:.0f} % | {s['err_over_std_median']:.2f} | {s['drift_err_median_px']:.2f} "
             f"| {times} |"

@@ -104,7 +104,7 @@ def main() -> None:
         centre = np.array([args.size / 2, args.size / 2])
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))
         tiles, first = grid[: args.tiles], grid[args.tiles : args.tiles + 2]
-        # The fit's own throughput: the calibration stage that three-image series get on top is left out.
+        # The fit's own throughput: the sub-field uncertainty is left out.
         settings = reconstruct.Settings(max_iterations=args.iterations, converge=False, subfield_uncertainty=False)
         canvas = args.tile + 4 * halo
         print(

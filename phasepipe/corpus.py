@@ -289,7 +289,8 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     """One case as a user's series goes through the workflow (align, then the engine), with TIE
     and, if ``plain_iterations``, the plain reference fit on the same aligned images.
 
-    Returns the case and, for each method, acc against the truth, the calibration's relative
+    Returns the case and, for each method, acc against the truth (and plane-free:
+    :func:`metrics.plane_free_accuracy`), the calibration's relative
     error (fitted / true - 1), the engine's drift error (RMS over images, px), its stated std of
     the calibration, times, and the phase error per octave.
     """
@@ -321,6 +322,8 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
         "calibration": acquisition.calibration,
         "acc_ad": metrics.phase_accuracy(result.phase, true_phase),
         "acc_tie": metrics.phase_accuracy(tie_map, true_phase),
+        "acc_free_ad": metrics.plane_free_accuracy(result.phase, true_phase),
+        "acc_free_tie": metrics.plane_free_accuracy(tie_map, true_phase),
         "cal_err_ad": scale / acquisition.calibration - 1,
         "cal_std_ad": scale_std,
         "drift_err_px": float(np.sqrt(np.mean(np.sum((drift - true_drift) ** 2, axis=1)))),
@@ -335,6 +338,7 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
         reference = plain.plain_fit(aligned, nominal, PIXEL_NM, microscope, plain_iterations)
         row.update(
             acc_plain=metrics.phase_accuracy(reference.phase, true_phase),
+            acc_free_plain=metrics.plane_free_accuracy(reference.phase, true_phase),
             cal_err_plain=reference.calibration / acquisition.calibration - 1,
             t_plain=reference.seconds,
             band_plain=metrics.band_errors(reference.phase, true_phase, PIXEL_NM, OCTAVES),

@@ -34,6 +34,19 @@ def phase_accuracy(recovered: np.ndarray, truth: np.ndarray, border_px: int = BO
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def plane_free_accuracy(recovered: np.ndarray, truth: np.ndarray, border_px: int = BORDER_PX) -> float:
+    """acc after the plane that best fits the difference is taken from ``recovered``: what a
+    through-focus series can tell, since no series measures a phase ramp (a beam tilt moves the
+    images as drift in proportion to defocus does; docs/physics.md, "Degeneracies")."""
+    aligned = _interior(register_to(truth, recovered), border_px)
+    b = _interior(truth, border_px)
+    y, x = np.indices(b.shape, dtype=np.float64)
+    basis = np.stack([np.ones(b.size), y.ravel(), x.ravel()], axis=1)
+    coefficients = np.linalg.lstsq(basis, (aligned - b).ravel(), rcond=None)[0]
+    a = aligned.ravel() - basis @ coefficients
+    return float(np.corrcoef(a, b.ravel())[0, 1])
+
+
 def phase_rmse(recovered: np.ndarray, truth: np.ndarray, border_px: int = BORDER_PX) -> float:
     """RMS phase error in rad over the interior, after removing the mean difference."""
     diff = _interior(register_to(truth, recovered) - truth, border_px)

@@ -15,7 +15,6 @@ result (see :func:`reconstruct`).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -24,11 +23,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from scipy import ndimage
 
-from phasepipe import fused, physics
+from phasepipe import fused, gauge, physics
 from phasepipe.fused import total_variation
 from phasepipe.tie import tie_phase
 
@@ -54,10 +52,6 @@ COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least t
 # beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
 # data, or the defocus drifts with it (docs/physics.md, `tv_weight: auto`).
 TV_WEIGHT_FLOOR = 5e-4
-# The calibration stage of series with one defocused level (docs/physics.md, Optimisation).
-CALIBRATION_BAND = 0.3  # its phase keeps the frequencies some image transfers with |T| at least this
-CALIBRATION_GRID = 16  # cells a side of its phase's coarse component
-CALIBRATION_ITERATIONS = 600
 
 
 class FitDiverged(RuntimeError):
@@ -98,7 +92,7 @@ class Microscope:
 class Settings:
     """Reconstruction settings (the ``reconstruction`` config section, resolved)."""
 
-    refine: tuple[str, ...] = ("defocus",)
+    refine: tuple[str, ...] = ("defocus", "shifts")
     max_iterations: int = 4000
     converge: bool = True  # stop on a relative loss change below ``tolerance``
     tolerance: float = 1e-3
@@ -109,7 +103,6 @@ class Settings:
     log_every: int = 100
     continuation_step: int = 150  # iterations between admitting the next |defocus| level
     coarse_factor: int = 2  # binning of the first, coarse fit (1: none)
-    calibration_stage: bool = True  # debias the calibration of series with one defocused level
     margin: str = "auto"  # the canvas beyond the images: "auto" (canvas_margin_px) or "none" (periodic)
     subfield_uncertainty: bool = True  # the calibration's std from sub-fields and a bootstrap (uncertainty.py)
 
@@ -230,12 +223,11 @@ class ForwardModel:
         params: Parameters,
         refine_shifts: bool,
         defocus_nm: torch.Tensor | None = None,
-        phase: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The images of ``params`` (with ``phase`` in place of ``params.phase`` if given)."""
+        """The images of ``params``."""
         ramp = physics.shift_ramp(self.qy, self.qx, params.shifts_px(), self.pixel_size_nm) if refine_shifts else None
         defocus_nm = params.defocus_nm() if defocus_nm is None else defocus_nm
-        wave = params.wave() if phase is None else torch.polar(params.log_amplitude.exp(), phase)
+        wave = params.wave()
         intensity = physics.image_intensities(wave, self.transfer(params, defocus_nm), ramp)
         # Mean-normalised (over the measured pixels, as the data are): exposure and the envelopes'
         # loss of mean intensity drop out.
@@ -254,12 +246,10 @@ class ForwardModel:
         active: torch.Tensor,
         refine_shifts: bool,
         tv_weight: float,
-        phase: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss misfit + tv_weight TV(phase) and the misfit: the mean over the ``active``
         images (N, 0 or 1) of the mean squared difference between the predicted images and
-        ``data``. Only the loss carries a gradient. ``phase``: a tensor computed from other
-        parameters, in place of ``params.phase`` (the calibration stage's band-limited phase).
+        ``data``. Only the loss carries a gradient.
 
         A float32 model on the CPU with fixed coherence takes the fast path
         (:class:`fused.SeriesMisfit`: loss, misfit and analytic gradient in one pass over the
@@ -267,12 +257,12 @@ class ForwardModel:
         pixels too). Refined coherence parameters, a float64 model or a GPU (where the fast path
         is untested) use autograd through :meth:`__call__`.
         """
-        phase = params.phase if phase is None else phase
+        phase = params.phase
         weight = (active / active.sum()).to(data.dtype)
         coherence = (params.beam_divergence, params.defocus_spread)
         plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
         if plain or any(leaf.requires_grad for leaf in coherence):
-            predicted = self(params, refine_shifts, phase=phase)
+            predicted = self(params, refine_shifts)
             misfit = torch.sum(misfit_per_image(predicted, data, self.measured) * weight)
             return misfit + tv_weight * total_variation(phase), misfit.detach()
         shifts = params.shifts_px() if refine_shifts else torch.zeros_like(params.shifts)
@@ -466,7 +456,7 @@ class Reconstruction:
     tie_phase: np.ndarray
     defocus_nm: np.ndarray
     defocus_std_nm: np.ndarray
-    shifts_px: np.ndarray
+    shifts_px: np.ndarray  # drift beyond the align stage's: refined, plus the ramp's (gauge.py)
     shifts_std_px: np.ndarray
     beam_divergence_mrad: float
     defocus_spread_nm: float
@@ -569,128 +559,6 @@ def _fit_canvas(
     return _Fit(model, params, data, result, noise, tv_weight)
 
 
-def phase_band(model: ForwardModel, params: Parameters, threshold: float) -> torch.Tensor:
-    """1 at the frequencies where at least one defocused image of ``params`` transfers the phase
-    with |T| >= ``threshold`` (both envelopes) at its nominal defocus, 0 elsewhere; complex, to
-    multiply spectra. Nominal, so that the band does not follow the fit's bias."""
-    with torch.no_grad():
-        nominal = params.defocus_start_nm
-        defocus = nominal[nominal.abs() > 0].float()
-        coherence = (params.beam_divergence_rad().float(), params.defocus_spread_nm().float())
-        transfer = physics.transfer_function(
-            model.q2, defocus[:, None, None], model.wavelength_nm, model.cs_nm, *coherence
-        )
-        return (transfer.abs() >= threshold).any(dim=0).to(torch.complex64)
-
-
-def _in_band(phase: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-    return torch.fft.ifft2(torch.fft.fft2(phase) * band).real
-
-
-def band_limited_fit(
-    model: ForwardModel,
-    params: Parameters,
-    data: torch.Tensor,
-    band: torch.Tensor,
-    tv_weight: float,
-    settings: Settings,
-) -> None:
-    """Refit phase, amplitude and calibration factor c of ``params`` (in place) for
-    ``CALIBRATION_ITERATIONS`` (or the settings' fewer), the phase confined to ``band``; the other
-    microscope parameters are held.
-
-    Confined, the phase cannot absorb the noise at frequencies that no image transfers, which
-    pulls c low (docs/physics.md). The phase is the band-limited map plus a bicubic
-    ``CALIBRATION_GRID``^2 grid, which moves the broad dome that the images see least at once; every
-    step of c is taken along the valley that the linear images leave flat (the phase divided by
-    it), and the total variation is of c times the phase, so that it exerts no pull on c.
-    """
-    for name in ("defocus", "beam_divergence", "defocus_spread", "shifts"):
-        getattr(params, name).requires_grad_(False)
-    params.defocus_scale.requires_grad_(True)
-    fine = torch.nn.Parameter(_in_band(params.phase.detach(), band))
-    coarse = torch.nn.Parameter(torch.zeros((1, 1, CALIBRATION_GRID, CALIBRATION_GRID), device=fine.device))
-    rates = settings.options
-    optimiser = torch.optim.Adam(
-        [
-            {"params": [fine, coarse], "lr": rates["phase"].lr},
-            {"params": [params.log_amplitude], "lr": rates["log_amplitude"].lr},
-            {"params": [params.defocus_scale], "lr": rates["defocus_scale"].lr},
-        ]
-    )
-    active = torch.ones(params.defocus_start_nm.numel(), dtype=data.dtype, device=data.device)
-
-    def phase() -> torch.Tensor:
-        broad = F.interpolate(coarse, size=fine.shape, mode="bicubic", align_corners=False)[0, 0]
-        return _in_band(fine, band) + broad
-
-    iterations = min(CALIBRATION_ITERATIONS, settings.max_iterations)
-    scale = params.defocus_scale.detach().clone()
-    for it in range(1, iterations + 1):
-        with torch.no_grad():
-            step = torch.exp(scale - params.defocus_scale).float()
-            fine *= step
-            coarse *= step
-            scale.copy_(params.defocus_scale)
-        optimiser.zero_grad(set_to_none=True)
-        current = phase()
-        misfit, _ = model.objective(params, data, active, "shifts" in settings.refine, 0.0, phase=current)
-        loss = misfit + tv_weight * params.defocus_scale.exp().float() * total_variation(current)
-        loss.backward()
-        optimiser.step()
-        if it in (iterations // 2, 3 * iterations // 4):
-            for group in optimiser.param_groups:
-                group["lr"] *= 0.5
-    with torch.no_grad():
-        final = phase()
-        params.phase.copy_(final - final.mean())
-
-
-def _calibration_stage(fitted: _Fit, settings: Settings) -> None:
-    """Debias the calibration factor of ``fitted`` and refit its object at full band (in place).
-
-    A band-limited fit (:func:`band_limited_fit`) leaves c biased low by the noise its phase
-    still absorbs. A parametric bootstrap measures that: data simulated from the fit, with noise
-    of the measured level (shot noise's: sigma proportional to the square root of the intensity),
-    fitted again the same way; the shift of c is taken as its bias and subtracted.
-    """
-    model, data, params = fitted.model, fitted.data, fitted.params
-    t0 = time.perf_counter()
-    log.info("calibration stage (one defocused level): band-limited refit, bootstrap, object refit")
-    band = phase_band(model, params, CALIBRATION_BAND)
-    first = copy.deepcopy(params)
-    band_limited_fit(model, first, data, band, fitted.tv_weight, settings)
-    with torch.no_grad():
-        clean = model(first, "shifts" in settings.refine)
-        # Seeded: the same series gives the same result.
-        generator = torch.Generator(device=data.device).manual_seed(0)
-        draw = torch.randn(clean.shape, generator=generator, device=data.device, dtype=clean.dtype)
-        simulated = model.mean_normalised(clean + fitted.noise * clean.clamp(min=0).sqrt() * draw)
-    second = copy.deepcopy(first)
-    band_limited_fit(model, second, simulated, band, fitted.tv_weight, settings)
-    bias = (second.defocus_scale - first.defocus_scale).item()
-    corrected = first.defocus_scale.item() - bias
-    with torch.no_grad():
-        params.phase *= math.exp(params.defocus_scale.item() - corrected)  # along the valley
-        params.defocus_scale.fill_(corrected)
-    # From the optimum of a neighbouring c: capped, since clean images' weak TV weight never settles.
-    refit_settings = replace(
-        settings, refine=(), max_iterations=min(settings.max_iterations, 2 * CALIBRATION_ITERATIONS)
-    )
-    refit = fit(model, params, data, refit_settings, fitted.tv_weight)
-    log.info(
-        "calibration stage: factor %.5f before the bootstrap, bias %+.3f %%, %.5f after; object refitted "
-        "in %d iterations; %.1f s",
-        math.exp(first.defocus_scale.item()),
-        100 * bias,
-        math.exp(corrected),
-        refit.iterations,
-        time.perf_counter() - t0,
-    )
-    fitted.result.seconds += time.perf_counter() - t0
-    fitted.result.loss = refit.loss
-
-
 def reconstruct(
     images: np.ndarray,
     defocus_nominal_nm: np.ndarray,
@@ -730,12 +598,6 @@ def reconstruct(
 
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
     fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
-    if (
-        settings.calibration_stage
-        and "defocus" in settings.refine
-        and single_defocus_level(nominal, settings.refine) is not None
-    ):
-        _calibration_stage(fitted, settings)
     params, result = fitted.params, fitted.result
     n = len(nominal)
     std = (
@@ -760,13 +622,21 @@ def reconstruct(
         with torch.no_grad():
             std[:n] = np.maximum(std[:n], relative * np.abs(params.defocus_nm().cpu().numpy()))
     with torch.no_grad():
+        phase = params.phase.cpu().numpy()[inner]
+        defocus_nm = params.defocus_nm().cpu().numpy()
+    # A canvas wider than the images can hold a ramp, which the data do not fix: the flattest is
+    # reported, and the drift takes up the rest (phasepipe/gauge.py).
+    gradient = gauge.flattest_gradient(phase) if margin_px else np.zeros(2)
+    wavelength_nm = physics.wavelength_nm(microscope.voltage_kv * 1e3)
+    with torch.no_grad():
         return Reconstruction(
-            phase=params.phase.cpu().numpy()[inner].astype(np.float32),
+            phase=gauge.without_ramp(phase, gradient).astype(np.float32),
             amplitude=params.log_amplitude.exp().cpu().numpy()[inner].astype(np.float32),
             tie_phase=tie[inner].astype(np.float32),
-            defocus_nm=params.defocus_nm().cpu().numpy(),
+            defocus_nm=defocus_nm,
             defocus_std_nm=std[:n],
-            shifts_px=params.shifts_px().cpu().numpy().astype(np.float64),
+            shifts_px=params.shifts_px().cpu().numpy().astype(np.float64)
+            + gauge.ramp_shift_px(gradient, defocus_nm, pixel_size_nm, wavelength_nm),
             shifts_std_px=std[n + 2 :].reshape(n, 2),
             beam_divergence_mrad=float(params.beam_divergence_rad()) * 1e3,
             defocus_spread_nm=float(params.defocus_spread_nm()),

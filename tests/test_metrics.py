@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from phasepipe import metrics, physics, simulate
 
@@ -63,3 +64,14 @@ def test_defocus_errors_relative_and_in_focus_absolute():
     """Relative error |fit - true| / |true| for defocused images; nm for the in-focus one."""
     errors = metrics.defocus_errors([-1.5e6, 12.0, 1.62e6], [-1.6e6, 0.0, 1.6e6])
     np.testing.assert_allclose(errors, [0.0625, 12.0, 0.0125], rtol=1e-12)
+
+
+def test_plane_free_accuracy_forgives_a_ramp_and_nothing_else():
+    rng = np.random.default_rng(0)
+    truth = 10 * ndimage.gaussian_filter(rng.normal(size=(128, 128)), 4)  # about 0.7 rad rms
+    y, x = np.mgrid[:128, :128]
+    tilted = truth + 0.02 * y - 0.03 * x
+    assert metrics.phase_accuracy(tilted, truth) < 0.9
+    assert metrics.plane_free_accuracy(tilted, truth) > 0.999
+    noisy = truth + 0.5 * truth.std() * rng.normal(size=truth.shape)
+    assert abs(metrics.plane_free_accuracy(noisy, truth) - metrics.phase_accuracy(noisy, truth)) < 0.01

@@ -215,7 +215,7 @@ def test_auto_tv_weight_follows_the_noise_above_a_floor():
 )
 def test_single_defocus_level(defocus_nm, refine, expected):
     """A series whose defocused images share one |defocus| is flagged when its defocus is refined
-    (it gets the calibration stage, and the CLI warns); two levels, or no defocus refined, not."""
+    (the CLI warns); two levels, or no defocus refined, not."""
     assert reconstruct.single_defocus_level(np.array(defocus_nm), refine) == expected
 
 
@@ -285,8 +285,7 @@ def test_a_phase_that_is_not_finite_is_left_to_the_fit_to_report():
 def test_island_edge_is_not_left_two_pi_short():
     """The demo's second vortex disk from three noisy images (192 px): its fit from TIE slipped
     2 pi across the disk's edge (acc 0.975) before slips were undone during the fit; now acc
-    above 0.99, and the defocus within 1.5 % (0.8-1.1 %; 1.7-2.1 % without the calibration stage,
-    which this three-image series runs)."""
+    above 0.99, and the defocus within 2.5 % (three images leave it 1.7-2.1 % off)."""
     spec = next(s for s in simulate.demo_campaign() if s.series == "s04_vortex")
     spec = dataclasses.replace(
         spec, size_px=192, defocus_nominal_nm=(-1.6e6, 0.0, 1.6e6), calibration=1.05, noise_fraction=0.05, drift_px=0.0
@@ -297,52 +296,7 @@ def test_island_edge_is_not_left_two_pi_short():
     )
     assert metrics.phase_accuracy(result.phase, truth["phase"].values) >= 0.99
     outer = [0, 2]
-    assert np.all(metrics.defocus_errors(result.defocus_nm, truth["defocus_nm"].values)[outer] < 0.015)
-
-
-@pytest.mark.parametrize(
-    ("defocus_nm", "edge_per_nm"), [((-1.6e6, 0.0, 1.6e6), 0.0218), ((-0.8e6, 0.0, 1.6e6), 0.0437)]
-)
-def test_phase_band_is_where_a_defocused_image_transfers(defocus_nm, edge_per_nm):
-    """The calibration stage's band: the frequencies some defocused image transfers with |T| >=
-    0.3 at its nominal defocus (exp(-(pi theta_c df q)^2) = 0.3 at the default coherence), the
-    nearest such image setting its edge; the in-focus image, which transfers everything, does
-    not widen it."""
-    n = 256
-    microscope = reconstruct.Microscope()
-    model = reconstruct.ForwardModel((n, n), PIXEL_NM, microscope, "cpu")
-    params = reconstruct.Parameters(np.zeros((n, n)), np.ones((n, n)), np.array(defocus_nm), microscope, 1)
-    band = reconstruct.phase_band(model, params, 0.3).real.numpy()
-    q = np.sqrt(model.q2.numpy())
-    assert set(np.unique(band)) == {0.0, 1.0}
-    assert abs(q[band > 0].max() - edge_per_nm) < 1 / (n * PIXEL_NM)  # within a frequency step
-    assert q[band == 0].min() > q[band > 0].max() - 1 / (n * PIXEL_NM)  # a disk: nothing inside is cut
-
-
-@pytest.mark.integration
-def test_calibration_stage_debiases_three_noisy_images():
-    """A vortex disk from -1.6, 0, +1.6 mm at 10 % noise, calibration 5 % off (256 px, through a
-    window): the coarse-to-fine fit alone leaves the defocus more than 1 % low; with the
-    calibration stage both defocused images come within 0.7 % (measured -0.59 and -0.53 %)."""
-    spec = next(s for s in simulate.demo_campaign() if s.series == "s01_vortex")
-    spec = dataclasses.replace(
-        spec, size_px=256, defocus_nominal_nm=(-1.6e6, 0.0, 1.6e6), calibration=1.05, noise_fraction=0.1, drift_px=0.0
-    )
-    images, truth = simulate.simulate_series(spec)
-    errors = {}
-    for stage in (False, True):
-        result = reconstruct.reconstruct(
-            images,
-            np.asarray(spec.defocus_nominal_nm),
-            PIXEL_NM,
-            reconstruct.Microscope(),
-            reconstruct.Settings(calibration_stage=stage),
-        )
-        assert metrics.phase_accuracy(result.phase, truth["phase"].values) >= 0.999
-        outer = [0, 2]  # the defocused images
-        errors[stage] = result.defocus_nm[outer] / truth["defocus_nm"].values[outer] - 1
-    assert np.all(errors[False] < -0.01)
-    assert np.all(np.abs(errors[True]) < 0.007)
+    assert np.all(metrics.defocus_errors(result.defocus_nm, truth["defocus_nm"].values)[outer] < 0.025)
 
 
 @pytest.mark.integration
@@ -403,7 +357,7 @@ def test_resampled_parameters_keep_the_maps_and_the_microscope():
     np.testing.assert_allclose(amplitude[inner], log_amplitude[inner], atol=0.01 * np.ptp(log_amplitude))
     np.testing.assert_allclose(fine.defocus_nm().detach().numpy(), coarse.defocus_nm().detach().numpy())
     assert float(fine.beam_divergence.detach()) == -11.0
-    assert float(fine.shifts.abs().max()) == 0.0
+    assert float(fine.shifts.detach().abs().max()) == 0.0
 
 
 def aligned_reconstruction(series: str, drift_px: float, settings: reconstruct.Settings):

@@ -1,0 +1,48 @@
+"""What a through-focus series cannot tell, chosen: the phase ramp across the field.
+
+A phase ramp g (rad per px) tilts the beam, which moves the image at defocus dz sideways by
+lambda dz g / (2 pi p) (p the pixel size), in proportion to defocus; drift in proportion to
+defocus moves it the same way. Once the align stage has registered the images, the ramp is no
+longer in the data, and a fit on a canvas wider than the images fits whatever ramp the
+registration's error leaves (docs/physics.md, "Degeneracies"). The ramp reported is therefore
+chosen: the one that leaves the map flattest, where the geometric median of its gradient is zero
+(the plane whose removal minimises the isotropic total variation), since most specimens hold
+flat regions (vacuum, support film, the inside of a domain). The drift takes up the rest, so that
+phase and drift still predict the same images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WEISZFELD_ITERATIONS = 50
+
+
+def flattest_gradient(phase: np.ndarray) -> np.ndarray:
+    """(g_y, g_x) rad per px: the geometric median of the forward-difference gradient of ``phase``
+    (y, x), by Weiszfeld's iteration from the componentwise median."""
+    gy = np.diff(phase, axis=0)[:, :-1].ravel()
+    gx = np.diff(phase, axis=1)[:-1, :].ravel()
+    g = np.array([np.median(gy), np.median(gx)])
+    for _ in range(WEISZFELD_ITERATIONS):
+        weights = 1 / np.maximum(np.hypot(gy - g[0], gx - g[1]), 1e-12)
+        g = np.array([np.sum(weights * gy), np.sum(weights * gx)]) / weights.sum()
+    return g
+
+
+def without_ramp(phase: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """``phase`` less the plane of ``gradient`` (rad per px; zero at the map's centre)."""
+    y, x = np.indices(phase.shape, dtype=np.float64)
+    y -= (phase.shape[0] - 1) / 2
+    x -= (phase.shape[1] - 1) / 2
+    return (phase - gradient[0] * y - gradient[1] * x).astype(phase.dtype)
+
+
+def ramp_shift_px(
+    gradient: np.ndarray, defocus_nm: np.ndarray, pixel_size_nm: float, wavelength_nm: float
+) -> np.ndarray:
+    """(N, 2) px: how far a phase ramp of ``gradient`` (rad per px, y and x) moves each image of
+    a series at ``defocus_nm`` (the paraxial beam tilt, lambda dz g / (2 pi p^2) px, with the
+    sign of the forward model's defocus)."""
+    factor = wavelength_nm * np.asarray(defocus_nm, float) / (2 * np.pi * pixel_size_nm**2)
+    return factor[:, None] * np.asarray(gradient, float)[None, :]
