@@ -122,8 +122,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     if level is not None:
         log.warning(
             "%s: a single defocus level besides focus (|defocus| %.4g mm): the refined defocus rests on "
-            "non-linear effects (Fresnel fringes of edges), absent from a weak phase; its stated std says how "
-            "far it may be off (docs/physics.md), and a second defocus level pins it far better",
+            "non-linear effects (Fresnel fringes of edges), absent from a weak phase; its stated std is a lower "
+            'bound (docs/physics.md, "Validation"), and a second defocus level pins it better',
             series,
             level * 1e-6,
         )

@@ -48,6 +48,12 @@ import torch
 from phasepipe import physics
 
 TV_EPS = 1e-3  # smoothing of the total variation's norm, rad per px
+# What this backend covers: the parameters (phasepipe.reconstruct.Parameters) whose gradients its
+# result carries, through the phase and log-amplitude maps, Parameters.defocus_nm() and
+# Parameters.shifts_px(). The coherence envelopes enter as fixed maps. A fit that refines anything
+# else takes autograd instead (ForwardModel.objective); tests/test_reconstruct.py checks every
+# name here against autograd.
+DIFFERENTIATES = frozenset({"phase", "log_amplitude", "defocus_scale", "defocus", "shifts"})
 
 # Contracted multiply-adds and reordered sums (so that LLVM vectorises the reductions); NaN and inf
 # keep their meaning, so that a diverging fit is still seen as one.
@@ -207,18 +213,17 @@ def _residual(wave, data, measured, count, weight):
 
 
 @_jit
-def _adjoint(grad, spectrum, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
+def _adjoint(grad, spectrum, t_re, t_im, real, slope, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
     """h = conj(T R) G added to ``h_sum``; the gradients of the image's defocus and shift (y, x).
     G = dL/dS, S = ``spectrum`` and h_sum are (y, x, 2).
 
     dL/d theta = Re sum conj(G) S d log(T R)/d theta, S = Psi T R:
-    d log T/d df = e1 + 2 e2 df + i p1 (:func:`physics.transfer_log_derivative`), and
+    d log T/d df = real + slope df + i p1 (:func:`physics.transfer_log_derivative`), and
     d log R/d shift = i times the shift angle of a unit shift (``along_y``, ``along_x``).
     p1 = p1_y + p1_x and the unit shift angles are given as vectors along y and x: full maps
     would be read from memory for each image.
     """
     d_defocus = d_y = d_x = 0.0
-    twice_defocus = 2 * defocus_nm
     for y in range(t_re.shape[0]):
         # float32 sums along a row (vectorised), float64 across rows.
         row_defocus = row_y = row_x = np.float32(0)
@@ -229,7 +234,7 @@ def _adjoint(grad, spectrum, t_re, t_im, e1, e2, p1_y, p1_x, along_y, along_x, d
             s_re, s_im = spectrum[y, x, 0], spectrum[y, x, 1]
             c_re = g_re * s_re + g_im * s_im
             c_im = g_re * s_im - g_im * s_re
-            row_defocus += c_re * (e1[y, x] + twice_defocus * e2[y, x]) - c_im * (p1_y[y] + p1_x[x])
+            row_defocus += c_re * (real[y, x] + defocus_nm * slope[y, x]) - c_im * (p1_y[y] + p1_x[x])
             row_y += c_im
             row_x += c_im * along_x[x]
         d_defocus += row_defocus
@@ -305,7 +310,8 @@ class _Maps:
 
     def __init__(self, qy, qx, wavelength_nm: float, cs_nm: float, coherence: tuple, pixel_size_nm: float):
         qy, qx = qy.double(), qx.double()
-        e0, e1, e2, p0, p1 = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, *coherence)
+        coefficients = physics.transfer_coefficients(qy * qy + qx * qx, wavelength_nm, cs_nm, *coherence)
+        e0, e1, e2, p0, p1 = coefficients
         amplitude = torch.exp(e0)
         unit = torch.eye(2, dtype=torch.float64)
         along_y = physics.shift_angle(qy, qx, unit[0], pixel_size_nm)
@@ -315,10 +321,12 @@ class _Maps:
         # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
         # in the first row and column, which hold them.
         self.vectors = tuple(v.numpy() for v in (p1[:, 0], p1[0], along_y[:, 0], along_x[0]))
-        # d log(T R)/d theta (_adjoint): e1 and e2 (defocus, real part), p1 (defocus, imaginary) as
-        # a vector along y plus one along x, unit shifts (along y and x).
+        # d log(T R)/d theta (_adjoint), from physics: the real part real + slope df (defocus), the
+        # imaginary part p1 (defocus) as a vector along y plus one along x, unit shifts (y and x).
+        real, _, slope = physics.transfer_log_derivative(coefficients)
         self.derivatives = (
-            *self.transfer[2:],
+            real.float().numpy(),
+            slope.float().numpy(),
             *(v.astype(np.float32) for v in self.vectors),
         )
 

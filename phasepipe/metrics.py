@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from phasepipe.align import correlation_shift
+from phasepipe.align import correlation_shift, shift_image
 
 BORDER_PX = 32
 
@@ -23,7 +22,7 @@ def register_to(reference: np.ndarray, moving: np.ndarray, max_shift_px: int = 4
     periodic texture's negative match itself half a period away.
     """
     shift = correlation_shift(reference, moving, max_shift_px)
-    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(moving), -shift)).real
+    return shift_image(np.asarray(moving, np.float64), shift)
 
 
 def phase_accuracy(recovered: np.ndarray, truth: np.ndarray, border_px: int = BORDER_PX) -> float:

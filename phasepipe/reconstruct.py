@@ -147,10 +147,10 @@ class Parameters(torch.nn.Module):
         return self.defocus_spread.exp()
 
     def shifts_px(self) -> torch.Tensor:
-        # A drift in proportion to defocus is what a beam tilt (a phase ramp) does. The periodic
-        # object holds no ramp other than whole cycles across the field, so this pattern is refined
-        # too: it puts the field's mean phase gradient into the drift, as registration does, and
-        # needs the align stage within half a cycle's shift (lambda df / field) of the truth.
+        # A drift in proportion to defocus is what a beam tilt (a phase ramp) does: on a canvas
+        # wider than the images the two trade freely, and the ramp reported is chosen afterwards
+        # (gauge.py). On a periodic canvas, which holds no ramp but whole cycles across the field,
+        # this pattern puts the field's mean phase gradient into the drift, as registration does.
         return self.shift_projector @ self.shifts
 
     def resampled(self, shape: tuple[int, int], factor: int) -> Parameters:
@@ -251,17 +251,19 @@ class ForwardModel:
         images (N, 0 or 1) of the mean squared difference between the predicted images and
         ``data``. Only the loss carries a gradient.
 
-        A float32 model on the CPU with fixed coherence takes the fast path
-        (:class:`fused.SeriesMisfit`: loss, misfit and analytic gradient in one pass over the
-        series, first order only, images of ``active`` 0 skipped; with a tile's mask of measured
-        pixels too). Refined coherence parameters, a float64 model or a GPU (where the fast path
-        is untested) use autograd through :meth:`__call__`.
+        A float32 model on the CPU whose refined parameters (those of ``params`` that require a
+        gradient) are all among those the fast path differentiates (``fused.DIFFERENTIATES``)
+        takes it (:class:`fused.SeriesMisfit`: loss, misfit and analytic gradient in one pass over
+        the series, first order only, images of ``active`` 0 skipped; with a tile's mask of
+        measured pixels too). Anything else (refined coherence, a parameter the fast path does
+        not declare, a float64 model, a GPU, where the fast path is untested) uses autograd
+        through :meth:`__call__`, so that no refined parameter is ever left without a gradient.
         """
         phase = params.phase
         weight = (active / active.sum()).to(data.dtype)
-        coherence = (params.beam_divergence, params.defocus_spread)
-        plain = self.q2.dtype != torch.float32 or self.q2.device.type != "cpu"
-        if plain or any(leaf.requires_grad for leaf in coherence):
+        refined = {name for name, value in params.named_parameters() if value.requires_grad}
+        fast = self.q2.dtype == torch.float32 and self.q2.device.type == "cpu" and refined <= fused.DIFFERENTIATES
+        if not fast:
             predicted = self(params, refine_shifts)
             misfit = torch.sum(misfit_per_image(predicted, data, self.measured) * weight)
             return misfit + tv_weight * total_variation(phase), misfit.detach()

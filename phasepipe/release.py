@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,7 @@ def _place(source: Path, target: Path, link: bool) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all: written beside it, then renamed over it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -219,12 +221,11 @@ def _update_catalog(releases_dir: Path, rid: str, manifest: dict) -> None:
             "n_failed": str(sum(r["status"] != "ok" for r in summary)),
         }
     )
-    tmp = releases_dir / f".index.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, releases_dir / "index.csv")
+    table = StringIO()
+    writer = csv.DictWriter(table, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(releases_dir / "index.csv", table.getvalue())
     _atomic_write(releases_dir / "LATEST", rid + "\n")
 
 

@@ -133,8 +133,10 @@ def test_fast_misfit_and_gradients_equal_autograd(refine_shifts, margin):
     (plain_misfit + tv_weight * plain_tv).backward()
     assert fast_misfit.item() == pytest.approx(plain_misfit.item(), rel=1e-5)
     assert fast_loss.item() - fast_misfit.item() == pytest.approx(tv_weight * plain_tv.item(), rel=1e-5)
-    names = ["phase", "log_amplitude", "defocus_scale", "defocus"] + (["shifts"] if refine_shifts else [])
-    for name in names:
+    # Every parameter the fast path declares, as Parameters names them (shifts: when refined).
+    names = [name for name, _ in fast.named_parameters() if name in fused.DIFFERENTIATES]
+    assert set(names) == fused.DIFFERENTIATES
+    for name in names if refine_shifts else [n for n in names if n != "shifts"]:
         expected = getattr(plain, name).grad
         got = getattr(fast, name).grad
         assert expected.abs().max() > 0, name
@@ -143,6 +145,19 @@ def test_fast_misfit_and_gradients_equal_autograd(refine_shifts, margin):
         assert (got - expected).abs().max() <= 3e-5 * expected.abs().max(), name
     if not refine_shifts:
         assert fast.shifts.grad is None or fast.shifts.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("name", ["beam_divergence", "defocus_spread"])
+def test_a_refined_parameter_the_fast_path_does_not_declare_takes_autograd(name):
+    """A parameter outside ``fused.DIFFERENTIATES`` that requires a gradient sends the objective
+    through autograd, where it gets one; the fast path would leave it without."""
+    model, (params, _), data = float32_problem(margin=0)
+    assert name not in fused.DIFFERENTIATES
+    getattr(params, name).requires_grad_(True)
+    loss, _ = model.objective(params, data, torch.ones(5), False, 0.1)
+    assert type(loss.grad_fn).__name__ != "_SeriesMisfitFunctionBackward"
+    loss.backward()
+    assert getattr(params, name).grad.abs() > 0
 
 
 def test_total_variation_gradient_equals_autograd():
