@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
-from phasepipe import reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import cluster, reconstruct, simulate, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)  # the demo's five levels
 
@@ -78,7 +78,7 @@ def main() -> None:
         job = tiling.TileJob(
             str(store), str(Path(tmp) / "records"), DEFOCUS, spec.pixel_size_nm, microscope, settings, halo, 1
         )
-        with tiling.dask_client("local", args.workers) as client:
+        with cluster.dask_client("local", args.workers) as client:
             t0 = time.perf_counter()
             summaries = client.gather(client.map(tiling.run_tile, [job] * len(tiles), tiles, pure=False))
             wall = time.perf_counter() - t0

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
-from phasepipe import reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import cluster, reconstruct, simulate, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, 0.0, 1.6e6)
 
@@ -65,7 +65,7 @@ def run(
 ) -> tuple[float, float, list[float]]:
     """On ``workers`` worker processes: the wall time of every worker fitting its tile of ``first``
     (its start-up included), then that of fitting ``tiles``, and each worker's peak memory."""
-    with tiling.dask_client("local", workers) as client:
+    with cluster.dask_client("local", workers) as client:
         client.wait_for_workers(workers)
         t0 = time.perf_counter()
         names = list(client.scheduler_info()["workers"])

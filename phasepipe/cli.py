@@ -108,7 +108,7 @@ def cmd_align(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     import torch
 
-    from phasepipe import io, reconstruct, tiling
+    from phasepipe import cluster, io, reconstruct, tiling
 
     torch.set_num_threads(args.threads)
     ds = io.open_store(args.input)
@@ -134,7 +134,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
             out = _reconstruct_whole(ds.load(), settings, args.out)
         else:
             out = _reconstruct_tiles(args, settings, tiles, series)
-    except tiling.TilingError as exc:
+    except (tiling.TilingError, cluster.ClusterError) as exc:
         log.error("%s: %s", series, exc)
         sys.exit(2)
     except reconstruct.FitDiverged as exc:

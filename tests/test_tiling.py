@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from doc_text import documented
 
-from phasepipe import cli, io, metrics, reconstruct, simulate, tiling
+from phasepipe import cli, cluster, io, metrics, reconstruct, simulate, tiling
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 
@@ -70,13 +70,6 @@ def test_tile_smaller_than_twice_the_halo_is_refused_naming_the_key():
         tiling.tile_grid((256, 256), 64, 40)
 
 
-def test_unreachable_scheduler_is_named(monkeypatch):
-    monkeypatch.setattr(tiling, "CONNECT_TIMEOUT_S", 1)
-    with pytest.raises(tiling.TilingError, match=r"tcp://127\.0\.0\.1:9: cannot reach"):
-        with tiling.dask_client("tcp://127.0.0.1:9", 1):
-            pass
-
-
 @pytest.mark.parametrize(
     ("section", "lifetime_s", "stagger_s"),
     [
@@ -93,21 +86,6 @@ def test_slurm_worker_lifetime_ends_before_the_walltime(section, lifetime_s, sta
     assert tiles.slurm.lifetime + tiles.slurm.stagger_s < tiles.slurm.walltime_s
 
 
-def test_slurm_settings_from_config():
-    slurm = tiling.tiling_from_config(
-        {"tile_px": 256},
-        {
-            "scheduler": "slurm",
-            "slurm": {"partition": "short", "account": "lab", "cores": 4, "memory_mb": 3000, "jobs": 8},
-        },
-        1,
-        None,
-    ).slurm
-    assert slurm == tiling.SlurmSettings(partition="short", account="lab", cores=4, memory_mb=3000, jobs=8)
-    assert tiling.slurm_from_config({"memory_mb": "auto", "lifetime": "auto"}) == tiling.SlurmSettings()
-    assert tiling.format_walltime(90061) == "25:01:01"
-
-
 @pytest.mark.parametrize(
     ("dask", "message"),
     [
@@ -120,62 +98,10 @@ def test_slurm_settings_from_config():
     ],
 )
 def test_bad_dask_settings_are_refused_naming_the_key(dask, message):
-    with pytest.raises(tiling.TilingError, match=message):
+    """The scheduler's name is the tiling's to check, the SLURM settings the cluster's."""
+    error = tiling.TilingError if dask["scheduler"] == "mpi" else cluster.ClusterError
+    with pytest.raises(error, match=message):
         tiling.tiling_from_config({}, dask, 1, None)
-
-
-def fake_slurm_command(folder: Path, name: str, script: str) -> None:
-    path = folder / name
-    path.write_text(f"#!/bin/sh\n{script}\n")
-    path.chmod(0o755)
-
-
-def test_slurm_without_sbatch_is_refused_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # a folder without sbatch
-    with pytest.raises(tiling.TilingError, match="dask.scheduler slurm: sbatch is not on PATH"):
-        with tiling.dask_client("slurm", 2):
-            pass
-
-
-def test_slurm_worker_job_script(tmp_path, monkeypatch):
-    """One worker of one Dask thread per job, on the job's cores and memory, in the partition and
-    account given, retiring before the walltime; nothing is submitted to build it."""
-    fake_slurm_command(tmp_path, "sbatch", "exit 1")
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    settings = tiling.slurm_from_config(
-        {"partition": "short", "account": "lab", "cores": 2, "walltime": "02:00:00", "directives": ["--qos=long"]}
-    )
-    with tiling.slurm_cluster(tiling.SlurmWorkers(settings, "phasepipe-s01", 1600)) as cluster:
-        script = cluster.job_script()
-    for line in ("-J phasepipe-s01", "-p short", "-A lab", "--cpus-per-task=2", "--mem=1600M", "-t 02:00:00"):
-        assert f"#SBATCH {line}\n" in script
-    assert "#SBATCH --qos=long" in script
-    assert "--nthreads 1 " in script
-    assert "--lifetime 6600s --lifetime-stagger 300s" in script
-
-
-def test_slurm_refusing_the_worker_job_is_named(tmp_path, monkeypatch):
-    """sbatch --test-only's refusal (here a partition that does not exist) comes back at once."""
-    fake_slurm_command(tmp_path, "sbatch", "echo 'sbatch: error: invalid partition specified: nope' >&2; exit 1")
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    settings = tiling.SlurmSettings(partition="nope")
-    with pytest.raises(tiling.TilingError, match="refuses the worker job in partition nope: .*invalid partition"):
-        tiling.check_submission("#!/bin/sh\n", settings)
-
-
-@pytest.mark.parametrize(
-    ("threads", "memory_mb", "n_tiles", "expected"),
-    [
-        (2, 8000, 16, (2, 1)),  # a worker per core
-        (8, None, 2, (2, 4)),  # fewer tiles than threads: the rest go to torch
-        (4, 2500, 16, (2, 2)),  # memory for two tiles at a time
-        (1, 100, 16, (1, 1)),  # never fewer than one worker
-    ],
-)
-def test_workers_and_threads_do_not_oversubscribe(threads, memory_mb, n_tiles, expected):
-    workers, torch_threads = tiling.plan_workers(threads, memory_mb, n_tiles, per_tile_mb=1000)
-    assert (workers, torch_threads) == expected
-    assert workers * torch_threads <= max(threads, 1)
 
 
 def test_reconcile_recovers_each_tiles_constant_and_gradient():
