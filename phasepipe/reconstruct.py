@@ -104,7 +104,7 @@ class Settings:
     continuation_step: int = 150  # iterations between admitting the next |defocus| level
     coarse_factor: int = 2  # binning of the first, coarse fit (1: none)
     margin: str = "auto"  # the canvas beyond the images: "auto" (canvas_margin_px) or "none" (periodic)
-    subfield_uncertainty: bool = True  # the calibration's std from sub-fields and a bootstrap (uncertainty.py)
+    subfield_uncertainty: bool = True  # the calibration's std from 2 x 2 sub-fields too (uncertainty.py)
 
 
 class Parameters(torch.nn.Module):

@@ -1,5 +1,5 @@
-"""The calibration's std: what a change of view (sub-fields) and the noise with the
-regularisation (a bootstrap) do to it, so that it covers the error it states."""
+"""The calibration's std: what a change of view (2 x 2 sub-fields) does to it, beside the
+curvature's, which holds the object fixed."""
 
 from __future__ import annotations
 
