@@ -35,7 +35,7 @@ def run(spec, threads: int, device: str = "cpu") -> dict:
     """AD and TIE on one simulated series; figures of merit against its truth."""
     import torch
 
-    from phasepipe import metrics, reconstruct, simulate, tie
+    from phasepipe import metrics, parameters, reconstruct, simulate, tie
 
     torch.set_num_threads(threads)
     images, truth = simulate.simulate_series(spec)
@@ -48,7 +48,7 @@ def run(spec, threads: int, device: str = "cpu") -> dict:
     tie_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = reconstruct.reconstruct(
-        images, nominal, spec.pixel_size_nm, reconstruct.Microscope(), reconstruct.Settings(device=device)
+        images, nominal, spec.pixel_size_nm, parameters.Microscope(), reconstruct.Settings(device=device)
     )
     ad_s = time.perf_counter() - t0
     return {
@@ -58,7 +58,7 @@ def run(spec, threads: int, device: str = "cpu") -> dict:
         "acc_tie": metrics.phase_accuracy(tie_phase, true_phase),
         "rmse_ad": metrics.phase_rmse(result.phase, true_phase),
         "rmse_tie": metrics.phase_rmse(tie_phase, true_phase),
-        "df_ad": float(metrics.defocus_errors(result.defocus_nm, true_df)[defocused].max()),
+        "df_ad": float(metrics.defocus_errors(result.values["defocus_nm"], true_df)[defocused].max()),
         "df_tie": float(metrics.defocus_errors(nominal, true_df)[defocused].max()),
         "seconds_ad": ad_s,
         "seconds_tie": tie_s,

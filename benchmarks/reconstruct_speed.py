@@ -40,7 +40,7 @@ import time
 import numpy as np
 import torch
 
-from phasepipe import reconstruct, simulate
+from phasepipe import parameters, reconstruct, simulate
 
 DEFOCUS = {3: (-1.6e6, 0.0, 1.6e6), 5: (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)}
 
@@ -51,8 +51,8 @@ def problem(size: int, n_images: int, device: str = "cpu"):
     images, _ = simulate.simulate_series(spec)
     nominal = np.array(spec.defocus_nominal_nm)
     data = images / images.mean(axis=(1, 2), keepdims=True)
-    microscope = reconstruct.Microscope()
-    params = reconstruct.Parameters(np.zeros((size, size)), np.ones((size, size)), nominal, microscope, n_images // 2)
+    microscope = parameters.Microscope()
+    params = parameters.Parameters(np.zeros((size, size)), np.ones((size, size)), nominal, microscope, n_images // 2)
     model = reconstruct.ForwardModel((size, size), spec.pixel_size_nm, microscope, device)
     return model, params.to(device), torch.as_tensor(data, dtype=torch.float32, device=device)
 
@@ -83,8 +83,8 @@ def iteration_time(model, params, data, iterations: int) -> np.ndarray:
     would otherwise be charged to the few iterations timed here. The clock starts at
     :func:`first_report`.
     """
-    options = dict(reconstruct.DEFAULT_OPTIONS)
-    options["defocus_scale"] = reconstruct.ParameterOptions(lr=1e-3, start=0)
+    options = parameters.default_options()
+    options["defocus_scale"] = parameters.ParameterOptions(lr=1e-3, start=0)
     device = data.device.type
     settings = reconstruct.Settings(
         refine=("defocus",),

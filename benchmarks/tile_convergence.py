@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
-from phasepipe import cluster, reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import cluster, parameters, reconstruct, simulate, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)  # the demo's five levels
 
@@ -60,7 +60,7 @@ def main() -> None:
         t0 = time.perf_counter()
         write_aligned_store(store, spec)
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
-        microscope = reconstruct.Microscope()
+        microscope = parameters.Microscope()
         halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), spec.pixel_size_nm)
         grid = tiling.tile_grid((args.size, args.size), args.tile, halo)
         centre = np.array([args.size / 2, args.size / 2])

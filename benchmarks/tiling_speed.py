@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
-from phasepipe import cluster, reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import cluster, parameters, reconstruct, simulate, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, 0.0, 1.6e6)
 
@@ -98,7 +98,7 @@ def main() -> None:
         t0 = time.perf_counter()
         write_series(store, args.size)
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
-        microscope = reconstruct.Microscope()
+        microscope = parameters.Microscope()
         halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), 5.0)
         grid = tiling.tile_grid((args.size, args.size), args.tile, halo)
         centre = np.array([args.size / 2, args.size / 2])

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from phasepipe import io, metrics, quality
+from phasepipe import io, metrics, parameters, quality
 
 log = logging.getLogger(__name__)
 
@@ -25,27 +25,31 @@ OUTLIER_Z = 3.5  # robust z-score (median / MAD) beyond which a series is flagge
 
 
 def image_table(ds) -> pd.DataFrame:
-    """parameters.csv rows of one reconstructed series."""
-    return pd.DataFrame(
-        {
-            "series": ds.attrs["series"],
-            "image": ds["image"].values,
-            "defocus_nominal_nm": ds["defocus_nominal_nm"].values,
-            "defocus_nm": ds["defocus_nm"].values,
-            "defocus_std_nm": ds["defocus_std_nm"].values,
-            "shift_y_px": ds["shift_y_px"].values,
-            "shift_x_px": ds["shift_x_px"].values,
-            "shift_y_std_px": ds["shift_y_std_px"].values,
-            "shift_x_std_px": ds["shift_x_std_px"].values,
-            "rotation_deg": ds["rotation_deg"].values,
-            "scale": ds["scale"].values,
-            "registration_confidence": ds["registration_confidence"].values,
-            "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
-            "beam_divergence_std_mrad": ds.attrs["beam_divergence_std_mrad"],
-            "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
-            "defocus_spread_std_nm": ds.attrs["defocus_spread_std_nm"],
-        }
-    )
+    """parameters.csv rows of one reconstructed series: every registered output
+    (:func:`phasepipe.parameters.outputs`) and its std, per image or the series' own repeated,
+    beside the nominal defocus and the alignment's figures."""
+    outputs = parameters.outputs()
+    columns = {
+        "series": ds.attrs["series"],
+        "image": ds["image"].values,
+        "defocus_nominal_nm": ds["defocus_nominal_nm"].values,
+    }
+    for output in outputs:
+        columns.update({name: ds[name].values for name in (*output.columns, *output.std_columns)})
+    columns.update({name: ds[name].values for name in ("rotation_deg", "scale", "registration_confidence")})
+    columns.update(series_outputs(ds))
+    return pd.DataFrame(columns)
+
+
+def series_outputs(ds) -> dict[str, float]:
+    """The registered outputs of the whole series (not per image) and their std, from the store's
+    attributes."""
+    return {
+        name: ds.attrs[name]
+        for output in parameters.outputs()
+        if not output.per_image
+        for name in (output.name, output.std)
+    }
 
 
 def calibration_fit(nominal_nm: np.ndarray, recovered_nm: np.ndarray) -> dict:
@@ -150,10 +154,7 @@ def series_row(ds) -> dict:
             )
             if defocused.sum() >= 2
             else np.nan,
-            "beam_divergence_mrad": ds.attrs["beam_divergence_mrad"],
-            "beam_divergence_std_mrad": ds.attrs["beam_divergence_std_mrad"],
-            "defocus_spread_nm": ds.attrs["defocus_spread_nm"],
-            "defocus_spread_std_nm": ds.attrs["defocus_spread_std_nm"],
+            **series_outputs(ds),
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
             "alignment_residual_px": ds.attrs.get("alignment_residual_px", np.nan),
             "registration_confidence_min": float(ds["registration_confidence"].min()),

@@ -296,22 +296,22 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     """
     import time
 
-    from phasepipe import align, metrics, plain, reconstruct, tie
+    from phasepipe import align, metrics, parameters, plain, reconstruct, tie
 
     images, truth = simulate_case(case)
     acquisition = case.acquisition()
     nominal = np.asarray(acquisition.defocus_nominal_nm)
     registration = align.series_registration(images, nominal)
     aligned = align.apply_registration(images, registration)
-    microscope = reconstruct.Microscope()
+    microscope = parameters.Microscope()
     settings = settings or reconstruct.Settings()
     t0 = time.perf_counter()
     result = reconstruct.reconstruct(aligned, nominal, PIXEL_NM, microscope, settings)
     wall = time.perf_counter() - t0
     true_phase = truth["phase"].values
     defocused = nominal != 0
-    scale = float(np.mean(result.defocus_nm[defocused] / nominal[defocused]))
-    scale_std = float(np.median(result.defocus_std_nm[defocused] / np.abs(nominal[defocused])))
+    scale = float(np.mean(result.values["defocus_nm"][defocused] / nominal[defocused]))
+    scale_std = float(np.median(result.stds["defocus_nm"][defocused] / np.abs(nominal[defocused])))
     drift = reconstruct.total_drift(registration.shift_px, result, nominal)
     true_drift = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
     tie_map = tie.tie_phase(aligned, nominal, PIXEL_NM, microscope.voltage_kv * 1e3)

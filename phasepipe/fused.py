@@ -48,12 +48,14 @@ import torch
 from phasepipe import physics
 
 TV_EPS = 1e-3  # smoothing of the total variation's norm, rad per px
-# What this backend covers: the parameters (phasepipe.reconstruct.Parameters) whose gradients its
+# What this backend covers: the parameters (phasepipe.parameters.Parameters) whose gradients its
 # result carries, through the phase and log-amplitude maps, Parameters.defocus_nm() and
-# Parameters.shifts_px(). The coherence envelopes enter as fixed maps. A fit that refines anything
-# else takes autograd instead (ForwardModel.objective); tests/test_reconstruct.py checks every
-# name here against autograd.
+# Parameters.shifts_px(); and those it models at fixed values (the coherence envelopes, as fixed
+# maps). A fit whose parameters include one it does not model, or that refines one it does not
+# differentiate, takes autograd instead (ForwardModel.objective); tests/test_reconstruct.py checks
+# every name here against autograd.
 DIFFERENTIATES = frozenset({"phase", "log_amplitude", "defocus_scale", "defocus", "shifts"})
+COVERS = DIFFERENTIATES | {"beam_divergence", "defocus_spread"}
 
 # Contracted multiply-adds and reordered sums (so that LLVM vectorises the reductions); NaN and inf
 # keep their meaning, so that a diverging fit is still seen as one.

@@ -18,7 +18,7 @@ import torch
 
 from phasepipe import physics
 from phasepipe.fused import total_variation
-from phasepipe.reconstruct import Microscope
+from phasepipe.parameters import Microscope
 
 ITERATIONS = 1000
 TV_WEIGHT = 1e-2

@@ -2,11 +2,13 @@
 
 Three parts, kept apart (in the spirit of pty-chi):
 
-- :class:`Parameters` holds every unknown in the parametrisation the optimiser sees (log for
-  positive quantities, defocus relative to its nominal magnitude) and converts to physical values.
-- :class:`ForwardModel` turns parameters into predicted intensities with :mod:`phasepipe.physics`.
+- :class:`~phasepipe.parameters.Parameters` (:mod:`phasepipe.parameters`) holds every unknown in
+  the parametrisation the optimiser sees, built from the registry of refinable parameters.
+- :class:`ForwardModel` turns parameters into predicted intensities with :mod:`phasepipe.physics`
+  (and the registered parameters' own terms).
 - :func:`fit` runs one Adam optimiser per parameter group, each with its own learning rate and the
-  iteration from which it is refined (:class:`ParameterOptions`), and stops on convergence.
+  iteration from which it is refined (:class:`~phasepipe.parameters.ParameterOptions`), and stops
+  on convergence.
 
 :func:`reconstruct` ties them together for one series: a first fit of the series binned
 ``coarse_factor`` x ``coarse_factor`` from the TIE phase, then the full-resolution fit from its
@@ -24,26 +26,22 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 import xarray as xr
-from scipy import ndimage
 
 from phasepipe import fused, gauge, physics
 from phasepipe.fused import total_variation
+from phasepipe.parameters import (
+    REGISTRY,
+    Microscope,
+    ParameterOptions,
+    Parameters,
+    default_options,
+    outputs,
+    refined_tensors,
+)
 from phasepipe.tie import tie_phase
 
 log = logging.getLogger(__name__)
 
-REFINABLE = ("defocus", "defocus_per_image", "beam_divergence", "defocus_spread", "shifts")
-# The optimiser's parameter groups behind each refinable microscope parameter. ``defocus`` is a
-# common calibration factor of the nominal values (what a lens calibration gets wrong);
-# ``defocus_per_image`` adds a free correction per image (hysteresis), which the data identify far
-# less well (docs/physics.md).
-GROUPS = {
-    "defocus": ("defocus_scale",),
-    "defocus_per_image": ("defocus",),
-    "beam_divergence": ("beam_divergence",),
-    "defocus_spread": ("defocus_spread",),
-    "shifts": ("shifts",),
-}
 MAX_DECAYS = 3
 UNWRAP_EVERY = 20  # iterations between looks for 2 pi slips of the phase (undo_phase_slips)
 READ_BACK = 10  # iterations between reading a GPU's misfits back to the host
@@ -60,35 +58,6 @@ class FitDiverged(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ParameterOptions:
-    """How one parameter group is optimised: Adam learning rate and first refined iteration."""
-
-    lr: float
-    start: int = 0
-
-
-DEFAULT_OPTIONS: dict[str, ParameterOptions] = {
-    "phase": ParameterOptions(lr=0.05),  # rad per step
-    "log_amplitude": ParameterOptions(lr=0.01),
-    "defocus_scale": ParameterOptions(lr=1e-3, start=50),  # log units
-    "defocus": ParameterOptions(lr=1e-3, start=300),  # relative to the image's |nominal defocus|
-    "beam_divergence": ParameterOptions(lr=0.02, start=200),  # log units
-    "defocus_spread": ParameterOptions(lr=0.02, start=200),  # log units
-    "shifts": ParameterOptions(lr=0.005, start=400),  # px per step; after the object has settled
-}
-
-
-@dataclass(frozen=True)
-class Microscope:
-    """Microscope state known before the fit (nominal values and fixed settings)."""
-
-    voltage_kv: float = 200.0
-    cs_mm: float = 1.0
-    beam_divergence_mrad: float = 0.01
-    defocus_spread_nm: float = 500.0
-
-
-@dataclass(frozen=True)
 class Settings:
     """Reconstruction settings (the ``reconstruction`` config section, resolved)."""
 
@@ -99,85 +68,12 @@ class Settings:
     tv_weight: float | None = None  # None = chosen from the measured noise by tv_rule
     tv_rule: tuple[float, float] = (0.15, 1.0)  # (scale, power) of auto_tv_weight (benchmarks/tune.py)
     device: str = "cpu"
-    options: dict[str, ParameterOptions] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+    options: dict[str, ParameterOptions] = field(default_factory=default_options)
     log_every: int = 100
     continuation_step: int = 150  # iterations between admitting the next |defocus| level
     coarse_factor: int = 2  # binning of the first, coarse fit (1: none)
     margin: str = "auto"  # the canvas beyond the images: "auto" (canvas_margin_px) or "none" (periodic)
     subfield_uncertainty: bool = True  # the calibration's std from 2 x 2 sub-fields too (uncertainty.py)
-
-
-class Parameters(torch.nn.Module):
-    """All unknowns of one series, in the parametrisation the optimiser sees."""
-
-    def __init__(self, phase, amplitude, defocus_nm, microscope: Microscope, reference: int):
-        super().__init__()
-        defocus_nm = torch.as_tensor(defocus_nm, dtype=torch.float64)
-        # Defocus is refined relative to each image's magnitude (the reference image, nominally in
-        # focus, uses the series' largest): equal steps then mean equal relative changes.
-        magnitude = defocus_nm.abs()
-        self.register_buffer("defocus_unit_nm", torch.where(magnitude > 0, magnitude, magnitude.max()))
-        self.register_buffer("defocus_start_nm", defocus_nm)
-        self.reference = reference
-        n = defocus_nm.numel()
-        # Copies (torch.tensor), never views of the caller's arrays, which the fit updates in place.
-        self.phase = torch.nn.Parameter(torch.tensor(np.asarray(phase), dtype=torch.float32))
-        self.log_amplitude = torch.nn.Parameter(torch.log(torch.as_tensor(amplitude, dtype=torch.float32)))
-        self.defocus_scale = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))  # log of true / nominal
-        self.defocus = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
-        self.beam_divergence = torch.nn.Parameter(torch.tensor(math.log(microscope.beam_divergence_mrad * 1e-3)))
-        self.defocus_spread = torch.nn.Parameter(torch.tensor(math.log(microscope.defocus_spread_nm)))
-        self.shifts = torch.nn.Parameter(torch.zeros(n, 2, dtype=torch.float32))
-        # A common shift of every image is a shift of the object: projected out of the refined shifts.
-        self.register_buffer("shift_projector", torch.eye(n) - torch.full((n, n), 1.0 / n))
-
-    def defocus_nm(self) -> torch.Tensor:
-        """Physical defocus of every image: the nominal value times the calibration factor, plus
-        the image's own correction."""
-        # The reference image defines the object plane: a common defocus offset of all images is
-        # exactly degenerate with propagating the object, so the reference is pinned.
-        free = torch.ones_like(self.defocus)
-        free[self.reference] = 0
-        return self.defocus_start_nm * self.defocus_scale.exp() + self.defocus * free * self.defocus_unit_nm
-
-    def beam_divergence_rad(self) -> torch.Tensor:
-        return self.beam_divergence.exp()
-
-    def defocus_spread_nm(self) -> torch.Tensor:
-        return self.defocus_spread.exp()
-
-    def shifts_px(self) -> torch.Tensor:
-        # A drift in proportion to defocus is what a beam tilt (a phase ramp) does: on a canvas
-        # wider than the images the two trade freely, and the ramp reported is chosen afterwards
-        # (gauge.py). On a periodic canvas, which holds no ramp but whole cycles across the field,
-        # this pattern puts the field's mean phase gradient into the drift, as registration does.
-        return self.shift_projector @ self.shifts
-
-    def resampled(self, shape: tuple[int, int], factor: int) -> Parameters:
-        """These parameters on a grid ``factor`` times finer, cut or edge-extended to ``shape``: the
-        maps interpolated (cubic), the microscope parameters kept, the image shifts not (zero)."""
-
-        def finer(values: torch.Tensor) -> np.ndarray:
-            values = values.detach().cpu().double().numpy()
-            zoomed = ndimage.zoom(values, factor, order=3, grid_mode=True, mode="nearest")
-            pad = [(0, max(0, n - m)) for n, m in zip(shape, zoomed.shape, strict=True)]
-            return np.pad(zoomed, pad, mode="edge")[: shape[0], : shape[1]]
-
-        fine = Parameters(
-            finer(self.phase), np.exp(finer(self.log_amplitude)), self.defocus_start_nm, Microscope(), self.reference
-        ).to(self.phase.device)
-        with torch.no_grad():
-            for name in ("defocus_scale", "defocus", "beam_divergence", "defocus_spread"):
-                getattr(fine, name).copy_(getattr(self, name))
-        return fine
-
-    def forward(self, fn):
-        """``fn(self)``: lets :func:`torch.func.functional_call` evaluate anything of the
-        parameters at substituted values (the uncertainty's Hessian)."""
-        return fn(self)
-
-    def wave(self) -> torch.Tensor:
-        return torch.polar(self.log_amplitude.exp(), self.phase)
 
 
 class ForwardModel:
@@ -229,6 +125,9 @@ class ForwardModel:
         defocus_nm = params.defocus_nm() if defocus_nm is None else defocus_nm
         wave = params.wave()
         intensity = physics.image_intensities(wave, self.transfer(params, defocus_nm), ramp)
+        for entry in REGISTRY.values():
+            if entry.term is not None:
+                intensity = entry.term(params, intensity)
         # Mean-normalised (over the measured pixels, as the data are): exposure and the envelopes'
         # loss of mean intensity drop out.
         return self.mean_normalised(intensity)
@@ -251,18 +150,25 @@ class ForwardModel:
         images (N, 0 or 1) of the mean squared difference between the predicted images and
         ``data``. Only the loss carries a gradient.
 
-        A float32 model on the CPU whose refined parameters (those of ``params`` that require a
-        gradient) are all among those the fast path differentiates (``fused.DIFFERENTIATES``)
-        takes it (:class:`fused.SeriesMisfit`: loss, misfit and analytic gradient in one pass over
-        the series, first order only, images of ``active`` 0 skipped; with a tile's mask of
-        measured pixels too). Anything else (refined coherence, a parameter the fast path does
-        not declare, a float64 model, a GPU, where the fast path is untested) uses autograd
-        through :meth:`__call__`, so that no refined parameter is ever left without a gradient.
+        A float32 model on the CPU takes the fast path (:class:`fused.SeriesMisfit`: loss, misfit
+        and analytic gradient in one pass over the series, first order only, images of ``active``
+        0 skipped; with a tile's mask of measured pixels too) when it models every parameter of
+        ``params`` (``fused.COVERS``) and differentiates every refined one, those that require a
+        gradient (``fused.DIFFERENTIATES``). Anything else (refined coherence, a parameter the
+        fast path does not declare, a float64 model, a GPU, where the fast path is untested) uses
+        autograd through :meth:`__call__`, so that no parameter is ever left out of the images
+        nor a refined one without a gradient.
         """
         phase = params.phase
         weight = (active / active.sum()).to(data.dtype)
+        names = {name for name, _ in params.named_parameters()}
         refined = {name for name, value in params.named_parameters() if value.requires_grad}
-        fast = self.q2.dtype == torch.float32 and self.q2.device.type == "cpu" and refined <= fused.DIFFERENTIATES
+        fast = (
+            self.q2.dtype == torch.float32
+            and self.q2.device.type == "cpu"
+            and names <= fused.COVERS
+            and refined <= fused.DIFFERENTIATES
+        )
         if not fast:
             predicted = self(params, refine_shifts)
             misfit = torch.sum(misfit_per_image(predicted, data, self.measured) * weight)
@@ -366,14 +272,13 @@ def fit(
     """Fit ``params`` to ``data`` (N, y, x mean-normalised) by Adam, a parameter group for each of
     phase, log amplitude and the refined microscope parameters, with its own rate and start."""
     included = continuation_schedule(params.defocus_start_nm.cpu().numpy(), settings.continuation_step)
-    refined = [group for name in settings.refine for group in GROUPS[name]]
+    refined = refined_tensors(settings.refine)
     groups = ["phase", "log_amplitude", *refined]
     optimiser = torch.optim.Adam(
         [{"params": [getattr(params, name)], "lr": settings.options[name].lr} for name in groups], fused=True
     )
-    for name in REFINABLE:
-        for group in GROUPS[name]:
-            getattr(params, group).requires_grad_(group in refined)
+    for entry in REGISTRY.values():
+        getattr(params, entry.tensor).requires_grad_(entry.tensor in refined)
     last_start = max(max(settings.options[name].start for name in groups), int(included.max()))
     included = torch.as_tensor(included, device=data.device)
     # A GPU runs ahead of the host: its misfits are read back every READ_BACK iterations, not each
@@ -456,14 +361,11 @@ class Reconstruction:
     phase: np.ndarray
     amplitude: np.ndarray
     tie_phase: np.ndarray
-    defocus_nm: np.ndarray
-    defocus_std_nm: np.ndarray
-    shifts_px: np.ndarray  # drift beyond the align stage's: refined, plus the ramp's (gauge.py)
-    shifts_std_px: np.ndarray
-    beam_divergence_mrad: float
-    defocus_spread_nm: float
-    beam_divergence_std_mrad: float
-    defocus_spread_std_nm: float
+    # Every registered output (parameters.outputs) by name, in physical units: a float for a
+    # series value, (N,) or (N, k) per image; shifts_px is the drift beyond the align stage's:
+    # refined, plus the ramp's (gauge.py).
+    values: dict[str, np.ndarray | float]
+    stds: dict[str, np.ndarray | float]  # their std, by the output's name; 0 where not refined
     loss: float
     noise: float
     tv_weight: float
@@ -601,12 +503,7 @@ def reconstruct(
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
     fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
     params, result = fitted.params, fitted.result
-    n = len(nominal)
-    std = (
-        uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
-        if settings.refine
-        else np.zeros(3 * n + 2)
-    )
+    std = uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
     subfields = np.array([])
     if "defocus" in settings.refine and settings.subfield_uncertainty:
         relative, subfields = uncertainty.subfield_calibration_std(
@@ -622,28 +519,24 @@ def reconstruct(
             fitted.tv_weight,
         )
         with torch.no_grad():
-            std[:n] = np.maximum(std[:n], relative * np.abs(params.defocus_nm().cpu().numpy()))
+            std["defocus_nm"] = np.maximum(std["defocus_nm"], relative * np.abs(params.defocus_nm().cpu().numpy()))
     with torch.no_grad():
         phase = params.phase.cpu().numpy()[inner]
-        defocus_nm = params.defocus_nm().cpu().numpy()
+        values = uncertainty.output_values(params)
     # A canvas wider than the images can hold a ramp, which the data do not fix: the flattest is
     # reported, and the drift takes up the rest (phasepipe/gauge.py).
     gradient = gauge.flattest_gradient(phase) if margin_px else np.zeros(2)
     wavelength_nm = physics.wavelength_nm(microscope.voltage_kv * 1e3)
+    values["shifts_px"] = values["shifts_px"] + gauge.ramp_shift_px(
+        gradient, values["defocus_nm"], pixel_size_nm, wavelength_nm
+    )
     with torch.no_grad():
         return Reconstruction(
             phase=gauge.without_ramp(phase, gradient).astype(np.float32),
             amplitude=params.log_amplitude.exp().cpu().numpy()[inner].astype(np.float32),
             tie_phase=tie[inner].astype(np.float32),
-            defocus_nm=defocus_nm,
-            defocus_std_nm=std[:n],
-            shifts_px=params.shifts_px().cpu().numpy().astype(np.float64)
-            + gauge.ramp_shift_px(gradient, defocus_nm, pixel_size_nm, wavelength_nm),
-            shifts_std_px=std[n + 2 :].reshape(n, 2),
-            beam_divergence_mrad=float(params.beam_divergence_rad()) * 1e3,
-            defocus_spread_nm=float(params.defocus_spread_nm()),
-            beam_divergence_std_mrad=float(std[n]),
-            defocus_spread_std_nm=float(std[n + 1]),
+            values=values,
+            stds=std,
             loss=result.loss,
             noise=fitted.noise,
             tv_weight=fitted.tv_weight,
@@ -696,7 +589,7 @@ def settings_from_config(section: dict) -> Settings:
 def total_drift(aligned_px: np.ndarray, result: Reconstruction, defocus_nominal_nm: np.ndarray) -> np.ndarray:
     """Every image's drift (N, 2): the align stage's plus what the fit refined, relative to the
     reference image (nominal defocus nearest 0), as the align stage reports it."""
-    drift = np.asarray(aligned_px, float) + result.shifts_px
+    drift = np.asarray(aligned_px, float) + result.values["shifts_px"]
     return drift - drift[int(np.argmin(np.abs(defocus_nominal_nm)))]
 
 
@@ -712,30 +605,34 @@ def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -
     """The reconstructed Dataset of an aligned series and its :class:`Reconstruction` (whose maps
     may be lazy arrays: the tiled path writes them region by region)."""
     nominal = ds["defocus_nominal_nm"].values
-    drift = total_drift(np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1), result, nominal)
+    values = dict(result.values)
+    values["shifts_px"] = total_drift(
+        np.stack([ds["shift_y_px"].values, ds["shift_x_px"].values], axis=1), result, nominal
+    )
+    variables = {
+        "phase": (("y", "x"), result.phase),
+        "amplitude": (("y", "x"), result.amplitude),
+        "tie_phase": (("y", "x"), result.tie_phase),
+        "defocus_nominal_nm": (("image",), nominal),
+    }
+    attrs = dict(ds.attrs)
+    for output in outputs():
+        if output.per_image:
+            for names, table in ((output.columns, values), (output.std_columns, result.stds)):
+                columns = np.asarray(table[output.name], float).reshape(len(nominal), -1)
+                variables.update({name: (("image",), columns[:, k]) for k, name in enumerate(names)})
+        else:
+            attrs.update({output.name: values[output.name], output.std: result.stds[output.name]})
     out = xr.Dataset(
         {
-            "phase": (("y", "x"), result.phase),
-            "amplitude": (("y", "x"), result.amplitude),
-            "tie_phase": (("y", "x"), result.tie_phase),
-            "defocus_nominal_nm": (("image",), nominal),
-            "defocus_nm": (("image",), result.defocus_nm),
-            "defocus_std_nm": (("image",), result.defocus_std_nm),
-            "shift_y_px": (("image",), drift[:, 0]),
-            "shift_x_px": (("image",), drift[:, 1]),
-            "shift_y_std_px": (("image",), result.shifts_std_px[:, 0]),
-            "shift_x_std_px": (("image",), result.shifts_std_px[:, 1]),
+            **variables,
             "rotation_deg": ds["rotation_deg"],
             "scale": ds["scale"],
             "registration_confidence": ds["registration_confidence"],
         },
         coords={"image": ds["image"], "y": ds["y"], "x": ds["x"]},
         attrs={
-            **ds.attrs,
-            "beam_divergence_mrad": result.beam_divergence_mrad,
-            "defocus_spread_nm": result.defocus_spread_nm,
-            "beam_divergence_std_mrad": result.beam_divergence_std_mrad,
-            "defocus_spread_std_nm": result.defocus_spread_std_nm,
+            **attrs,
             "refined": json.dumps(list(settings.refine)),
             "calibration_subfields": json.dumps([round(float(c), 6) for c in result.calibration_subfields]),
             "final_loss": result.loss,

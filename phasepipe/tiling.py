@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import __version__, cluster, io, physics, reconstruct
+from phasepipe import __version__, cluster, io, parameters, physics, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def tiling_from_config(section: dict, dask_section: dict, threads: int, memory_m
     )
 
 
-def auto_halo_px(microscope: reconstruct.Microscope, max_defocus_nm: float, pixel_size_nm: float) -> int:
+def auto_halo_px(microscope: parameters.Microscope, max_defocus_nm: float, pixel_size_nm: float) -> int:
     """Halo that covers the Fresnel spread of the largest defocus (:func:`physics.fresnel_spread_px`).
     The tile's object is fitted on a canvas a further halo wider, free of data, so that the FFT's
     wrap-around falls outside the data."""
@@ -250,28 +250,20 @@ def neighbours(tiles: list[Tile]) -> list[tuple[int, int]]:
 
 
 def combine_parameters(summaries: list[dict]) -> dict:
-    """Series parameters from the tiles' own estimates: their mean, and the standard error of
-    the mean from their spread as the uncertainty (the curvature estimate for a single tile)."""
-    defocus = np.array([s["defocus_nm"] for s in summaries])
+    """Series parameters from the tiles' own estimates: for every registered output, the mean
+    over tiles, and the standard error of the mean from their spread as its std (a single tile's
+    own std); the fits' figures averaged, their iterations the most and times summed."""
     n = len(summaries)
-
-    def spread(key: str, std_key: str) -> np.ndarray:
+    combined = {}
+    for output in parameters.outputs():
+        values = np.array([s[output.name] for s in summaries], dtype=float)
         if n == 1:
-            return np.asarray(summaries[0][std_key])
-        return np.array([s[key] for s in summaries]).std(axis=0, ddof=1) / math.sqrt(n)
-
-    combined = {
-        "defocus_nm": defocus.mean(axis=0),
-        "defocus_std_nm": spread("defocus_nm", "defocus_std_nm"),
-        "shifts_px": np.mean([s["shifts_px"] for s in summaries], axis=0),
-        "shifts_std_px": spread("shifts_px", "shifts_std_px"),
-    }
-    for key, std_key in (
-        ("beam_divergence_mrad", "beam_divergence_std_mrad"),
-        ("defocus_spread_nm", "defocus_spread_std_nm"),
-    ):
-        combined[key] = float(np.mean([s[key] for s in summaries]))
-        combined[std_key] = float(spread(key, std_key))
+            std = np.asarray(summaries[0][output.std], dtype=float)
+        else:
+            std = values.std(axis=0, ddof=1) / math.sqrt(n)
+        mean = values.mean(axis=0)
+        combined[output.name] = float(mean) if mean.ndim == 0 else mean
+        combined[output.std] = float(std) if std.ndim == 0 else std
     for key in ("loss", "noise", "tv_weight"):
         combined[key] = float(np.mean([s[key] for s in summaries]))
     combined["iterations"] = int(max(s["iterations"] for s in summaries))
@@ -284,7 +276,7 @@ def combine_parameters(summaries: list[dict]) -> dict:
 
 def settings_fingerprint(
     settings: reconstruct.Settings,
-    microscope: reconstruct.Microscope,
+    microscope: parameters.Microscope,
     nominal_nm: np.ndarray,
     pixel_size_nm: float,
     shape: tuple[int, int],
@@ -351,7 +343,7 @@ class TileJob:
     records: str
     nominal_nm: tuple[float, ...]
     pixel_size_nm: float
-    microscope: reconstruct.Microscope
+    microscope: parameters.Microscope
     settings: reconstruct.Settings
     halo_px: int  # the tile's canvas margin; the binned whole-field fit has none, as an untiled fit
     torch_threads: int
@@ -437,14 +429,8 @@ def _reconstruct_once(
         raise reconstruct.FitDiverged(f"{where}: {exc}") from None
     summary = {
         "input_sha256": digest,
-        "defocus_nm": result.defocus_nm.tolist(),
-        "defocus_std_nm": np.asarray(result.defocus_std_nm).tolist(),
-        "shifts_px": result.shifts_px.tolist(),
-        "shifts_std_px": result.shifts_std_px.tolist(),
-        "beam_divergence_mrad": result.beam_divergence_mrad,
-        "beam_divergence_std_mrad": result.beam_divergence_std_mrad,
-        "defocus_spread_nm": result.defocus_spread_nm,
-        "defocus_spread_std_nm": result.defocus_spread_std_nm,
+        **{output.name: np.asarray(result.values[output.name]).tolist() for output in parameters.outputs()},
+        **{output.std: np.asarray(result.stds[output.name]).tolist() for output in parameters.outputs()},
         "loss": result.loss,
         "noise": result.noise,
         "tv_weight": result.tv_weight,
@@ -563,7 +549,7 @@ def series_halo_px(ds: xr.Dataset, halo_px: int | None) -> int:
     """``halo_px``, or the automatic halo of an aligned series (:func:`auto_halo_px`)."""
     if halo_px is not None:
         return halo_px
-    microscope = reconstruct.Microscope(**json.loads(ds.attrs["microscope"]))
+    microscope = parameters.Microscope(**json.loads(ds.attrs["microscope"]))
     return auto_halo_px(microscope, float(np.abs(ds["defocus_nominal_nm"].values).max()), ds.attrs["pixel_size_nm"])
 
 
@@ -589,7 +575,7 @@ def reconstruct_tiled(
     (opened lazily).
     """
     ds = io.open_store(store)
-    microscope = reconstruct.Microscope(**json.loads(ds.attrs["microscope"]))
+    microscope = parameters.Microscope(**json.loads(ds.attrs["microscope"]))
     nominal = ds["defocus_nominal_nm"].values
     pixel = float(ds.attrs["pixel_size_nm"])
     shape = (ds.sizes["y"], ds.sizes["x"])
@@ -732,9 +718,10 @@ def _lazy_result(shape: tuple[int, int], chunk_px: int, params: dict) -> reconst
     empty = da.zeros(shape, dtype=np.float32, chunks=chunk_px)
     maps = {"phase": empty, "amplitude": empty, "tie_phase": empty}
     # The tiles' spread is the tiled field's uncertainty: no sub-fields' calibrations of its own.
-    numbers = {
-        f.name: params[f.name]
-        for f in dataclasses.fields(reconstruct.Reconstruction)
-        if f.name not in maps and f.name != "calibration_subfields"
-    }
-    return reconstruct.Reconstruction(**maps, **numbers)
+    outputs = parameters.outputs()
+    return reconstruct.Reconstruction(
+        **maps,
+        values={output.name: params[output.name] for output in outputs},
+        stds={output.name: params[output.std] for output in outputs},
+        **{key: params[key] for key in ("loss", "noise", "tv_weight", "iterations", "seconds")},
+    )

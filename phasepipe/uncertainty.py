@@ -22,15 +22,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from phasepipe.reconstruct import (
-    GROUPS,
-    ForwardModel,
-    ParameterOptions,
-    Parameters,
-    Settings,
-    fit,
-    misfit_per_image,
-)
+from phasepipe.parameters import ParameterOptions, Parameters, outputs, refined_tensors
+from phasepipe.reconstruct import ForwardModel, Settings, fit, misfit_per_image
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +32,30 @@ SUBFIELD_MIN_PX = 48  # a sub-field smaller than this a side says too little: no
 SUBFIELD_ITERATIONS = 400  # each sub-field's refit, from the whole fit's solution
 
 
+def output_values(params: Parameters) -> dict[str, np.ndarray | float]:
+    """Every registered output's physical value (:func:`phasepipe.parameters.outputs`), by name:
+    a float for a series value, a float64 array per image."""
+    with torch.no_grad():
+        return _as_outputs([output.value(params).double().cpu().numpy() for output in outputs()])
+
+
+def _as_outputs(arrays: list[np.ndarray]) -> dict[str, np.ndarray | float]:
+    return {
+        output.name: float(array) if array.ndim == 0 else np.asarray(array, np.float64)
+        for output, array in zip(outputs(), arrays, strict=True)
+    }
+
+
 def microscope_values(params: Parameters) -> torch.Tensor:
-    """Every microscope parameter in physical units, as one vector: defocus_nm (N),
-    beam_divergence_mrad, defocus_spread_nm, shifts_px (N x 2, y then x per image)."""
-    return torch.cat(
-        [
-            params.defocus_nm().double(),
-            (params.beam_divergence_rad() * 1e3).double().reshape(1),
-            params.defocus_spread_nm().double().reshape(1),
-            params.shifts_px().double().reshape(-1),
-        ]
-    )
+    """Every registered output's physical value, flattened and concatenated in registry order."""
+    return torch.cat([output.value(params).double().reshape(-1) for output in outputs()])
 
 
-def curvature_std(model: ForwardModel, params: Parameters, data: torch.Tensor, settings: Settings) -> np.ndarray:
-    """Standard deviation of every value of :func:`microscope_values` from the loss curvature
-    (Gauss-Newton); 0 for what was not refined.
+def curvature_std(
+    model: ForwardModel, params: Parameters, data: torch.Tensor, settings: Settings
+) -> dict[str, np.ndarray | float]:
+    """Standard deviation of every registered output (as :func:`output_values`) from the loss
+    curvature (Gauss-Newton); 0 for what was not refined.
 
     Conditional on the fitted object, which is why it is only a lower bound: it says how well the
     images pin a parameter with the object held fixed, not how far the object and the parameter
@@ -64,7 +65,15 @@ def curvature_std(model: ForwardModel, params: Parameters, data: torch.Tensor, s
     """
     from torch.func import functional_call
 
-    groups = [group for name in settings.refine for group in GROUPS[name]]
+    shapes = [output.value(params).shape for output in outputs()]
+
+    def by_output(flat: np.ndarray) -> dict[str, np.ndarray | float]:
+        pieces = np.split(flat, np.cumsum([math.prod(shape) for shape in shapes])[:-1])
+        return _as_outputs([piece.reshape(shape) for piece, shape in zip(pieces, shapes, strict=True)])
+
+    groups = refined_tensors(settings.refine)
+    if not groups:
+        return by_output(np.zeros(sum(math.prod(shape) for shape in shapes)))
     start = {group: getattr(params, group).detach() for group in groups}
     flat = torch.cat([value.reshape(-1).double() for value in start.values()])
 
@@ -90,10 +99,10 @@ def curvature_std(model: ForwardModel, params: Parameters, data: torch.Tensor, s
         # are still the fit's to write, but a curvature that is not finite gives no std.
         log.warning("the loss curvature at the fitted parameters is not finite: their std are reported as NaN")
         refined = (jac != 0).any(dim=1)
-        return torch.where(refined, torch.nan, 0.0).cpu().numpy()
+        return by_output(torch.where(refined, torch.nan, 0.0).cpu().numpy())
     values = data.numel() if model.measured is None else float(model.measured.sum()) * data.shape[0]
     cov = torch.linalg.pinv(hess) * 2 * float(misfit(flat).detach()) / values
-    return torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy()
+    return by_output(torch.sqrt(torch.clamp(torch.diagonal(jac @ cov @ jac.T), min=0)).cpu().numpy())
 
 
 def subfield_calibration_std(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from doc_text import documented
 
-from phasepipe import cli, cluster, io, metrics, reconstruct, simulate, tiling
+from phasepipe import cli, cluster, io, metrics, parameters, reconstruct, simulate, tiling
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 
@@ -61,7 +61,7 @@ def test_blend_weights_sum_to_one_and_vanish_in_the_outer_half_of_the_halo():
     ],
 )
 def test_auto_halo_covers_the_fresnel_spread(beam_divergence_mrad, defocus_nm, expected):
-    microscope = reconstruct.Microscope(beam_divergence_mrad=beam_divergence_mrad)
+    microscope = parameters.Microscope(beam_divergence_mrad=beam_divergence_mrad)
     assert tiling.auto_halo_px(microscope, defocus_nm, 5.0) == expected
 
 
@@ -249,7 +249,7 @@ def test_a_diverged_tile_fails_its_series_naming_the_tile(tmp_path, aligned_stor
     fitted first; otherwise the tile)."""
     spec = simulate.SeriesSpec("s8", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
     store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
-    monkeypatch.setitem(reconstruct.DEFAULT_OPTIONS, "log_amplitude", reconstruct.ParameterOptions(lr=1e3))
+    monkeypatch.setitem(parameters.OBJECT_OPTIONS, "log_amplitude", parameters.ParameterOptions(lr=1e3))
     settings = {"iterations": 20, "tile_px": 48, "halo_px": 16}
     out = tmp_path / "out.zarr"
     cli.main(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phasepipe import corpus, reconstruct, simulate, uncertainty
+from phasepipe import corpus, parameters, reconstruct, simulate, uncertainty
 
 
 def test_a_field_too_small_for_sub_fields_has_no_sub_field_estimate():
@@ -20,7 +20,7 @@ def test_a_field_too_small_for_sub_fields_has_no_sub_field_estimate():
         np.array([-1.6e6, 0, 1.6e6]),
         1.0,
         5.0,
-        reconstruct.Microscope(),
+        parameters.Microscope(),
         reconstruct.Settings(),
         1e-2,
     )
@@ -40,9 +40,9 @@ def test_the_sub_fields_widen_the_std_of_a_calibration_the_images_barely_pin():
     std = {}
     for subfields in (False, True):
         settings = reconstruct.Settings(refine=("defocus",), subfield_uncertainty=subfields)
-        result = reconstruct.reconstruct(images, nominal, 5.0, reconstruct.Microscope(), settings)
-        std[subfields] = result.defocus_std_nm[outer]
-    error = np.abs(result.defocus_nm[outer] - truth["defocus_nm"].values[outer])
+        result = reconstruct.reconstruct(images, nominal, 5.0, parameters.Microscope(), settings)
+        std[subfields] = result.stds["defocus_nm"][outer]
+    error = np.abs(result.values["defocus_nm"][outer] - truth["defocus_nm"].values[outer])
     assert np.all(error > 0.01 * np.abs(nominal[outer]))
     assert np.all(std[True] >= 10 * std[False])
     assert np.all(error <= 10 * std[True])
