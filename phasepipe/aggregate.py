@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from phasepipe import io, metrics, parameters, quality
+from phasepipe import configuration, io, metrics, parameters, quality
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +240,12 @@ def figure_title(row: pd.Series) -> str:
 
 
 def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) -> None:
-    """Write parameters.csv, series_summary.csv, campaign_summary.json and figures/ into ``out_dir``."""
+    """Write parameters.csv, series_summary.csv, campaign_summary.json and figures/ into ``out_dir``;
+    ``settings``: the config's ``aggregate`` section (checked against the schema, the shipped
+    defaults filling in what it lacks)."""
     from phasepipe import figures
 
-    threshold = float(settings.get("outlier_z", OUTLIER_Z))
+    threshold = configuration.section("aggregate", settings)["outlier_z"]
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 MAX_REFINEMENTS = 4  # registrations per pair: the first, then refinements of the remainder
 OUTLIER_PX = 1.0  # a pair further than this from the series' solution is left out
 SIMILARITY_CROP_PX = 1024  # central field on which lens rotation and scale are searched
-TRANSFORMS = ("translation", "similarity")
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,6 @@ class AlignSettings:
     lowpass_px: float = 1.0  # Gaussian low-pass (px) against pixel noise
     taper: float = 0.25  # Tukey window: fraction of the field tapered at the edges
     min_confidence: float = 0.15  # registrations below this are left out where possible, and flagged
-
-    def __post_init__(self) -> None:
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"align.transform must be one of {', '.join(TRANSFORMS)}, not {self.transform!r}")
 
 
 @dataclass(frozen=True)

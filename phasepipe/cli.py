@@ -79,12 +79,12 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> None:
-    from phasepipe import align, io
+    from phasepipe import align, configuration, io
 
     try:
-        settings = align.AlignSettings(**json.loads(args.settings))
-    except (TypeError, ValueError) as exc:
-        log.error("align settings: %s", exc)
+        settings = align.AlignSettings(**configuration.section("align", json.loads(args.settings)))
+    except configuration.ConfigError as exc:
+        log.error("%s", exc)
         sys.exit(2)
     ds = io.open_store(args.input).load()
     if io.is_failed(ds):
@@ -108,15 +108,20 @@ def cmd_align(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     import torch
 
-    from phasepipe import cluster, io, reconstruct, tiling
+    from phasepipe import cluster, configuration, io, reconstruct, tiling
 
     torch.set_num_threads(args.threads)
+    section = json.loads(args.settings)
+    try:
+        settings = reconstruct.settings_from_config(section)
+        tiles = tiling.tiling_from_config(section, json.loads(args.dask), args.threads, args.mem_mb)
+    except (configuration.ConfigError, cluster.ClusterError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
     ds = io.open_store(args.input)
     if io.is_failed(ds):
         _fail(args, ds.load())
         return
-    section = json.loads(args.settings)
-    settings = reconstruct.settings_from_config(section)
     series = ds.attrs["series"]
     level = reconstruct.single_defocus_level(ds["defocus_nominal_nm"].values, settings.refine)
     if level is not None:
@@ -128,7 +133,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
             level * 1e-6,
         )
     try:
-        tiles = tiling.tiling_from_config(section, json.loads(args.dask), args.threads, args.mem_mb)
         if ds.sizes["y"] <= tiles.tile_px and ds.sizes["x"] <= tiles.tile_px:
             # One tile: the whole-field fit, exactly as without tiling.
             out = _reconstruct_whole(ds.load(), settings, args.out)
@@ -190,11 +194,15 @@ def _reconstruct_whole(ds, settings, out: str):
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from phasepipe import aggregate
+    from phasepipe import aggregate, configuration
 
-    aggregate.aggregate(
-        [Path(s) for s in args.stores], Path(args.out), campaign=args.campaign, settings=json.loads(args.settings)
-    )
+    try:
+        aggregate.aggregate(
+            [Path(s) for s in args.stores], Path(args.out), campaign=args.campaign, settings=json.loads(args.settings)
+        )
+    except configuration.ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
 
 
 def cmd_release(args: argparse.Namespace) -> None:

@@ -36,20 +36,6 @@ SLURM_WORKER_MB = 500
 TILE_DURATION_GUESS = "10m"
 
 
-SLURM_KEYS = (  # of the config's dask.slurm section (workflow/schemas/config.schema.yaml)
-    "partition",
-    "account",
-    "cores",
-    "memory_mb",
-    "walltime",
-    "lifetime",
-    "jobs",
-    "start_timeout_s",
-    "interface",
-    "directives",
-)
-
-
 @dataclass(frozen=True)
 class SlurmSettings:
     """The ``dask.slurm`` keys: the SLURM jobs that host the Dask workers of ``dask.scheduler: slurm``,
@@ -83,42 +69,32 @@ class SlurmSettings:
         return f"partition {self.partition}" if self.partition else "the default partition"
 
 
-def parse_walltime(value: str, key: str) -> int:
-    """Seconds of a SLURM time ``[D-]HH:MM:SS``; ``key`` names the setting in the error."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2}):(\d{2})", str(value))
+def parse_walltime(value: str) -> int:
+    """Seconds of a SLURM time ``[D-]HH:MM:SS`` (the schema's pattern for walltimes)."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2}):(\d{2})", value)
     if match is None:
-        raise ClusterError(f"{key} {value!r}: expected a SLURM time [D-]HH:MM:SS, e.g. 01:00:00")
+        raise ValueError(f"{value!r} is not a SLURM time [D-]HH:MM:SS")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def slurm_from_config(section: dict) -> SlurmSettings:
-    """Resolve the ``dask.slurm`` section (missing keys take :class:`SlurmSettings`' defaults)
-    and check that the numbers make sense together."""
-    unknown = set(section) - set(SLURM_KEYS)
-    if unknown:
-        raise ClusterError(f"dask.slurm: unknown key(s) {sorted(unknown)}; expected some of {', '.join(SLURM_KEYS)}")
-    defaults = SlurmSettings()
-    walltime = parse_walltime(section.get("walltime", "01:00:00"), "dask.slurm.walltime")
-    lifetime = section.get("lifetime", "auto")
-    memory = section.get("memory_mb", "auto")
+    """Resolve the ``dask.slurm`` section, as the schema has checked it and filled in its defaults
+    (:func:`phasepipe.configuration.section`), and check what the schema cannot: that workers
+    retire before their walltime."""
+    walltime = parse_walltime(section["walltime"])
     settings = SlurmSettings(
-        partition=section.get("partition"),
-        account=section.get("account"),
-        cores=int(section.get("cores", defaults.cores)),
-        memory_mb=None if memory == "auto" else int(memory),
+        partition=section["partition"],
+        account=section["account"],
+        cores=section["cores"],
+        memory_mb=None if section["memory_mb"] == "auto" else section["memory_mb"],
         walltime_s=walltime,
-        lifetime_s=None if lifetime == "auto" else parse_walltime(lifetime, "dask.slurm.lifetime"),
-        jobs=int(section.get("jobs", defaults.jobs)),
-        start_timeout_s=int(section.get("start_timeout_s", defaults.start_timeout_s)),
-        interface=section.get("interface"),
-        directives=tuple(section.get("directives", ())),
+        lifetime_s=None if section["lifetime"] == "auto" else parse_walltime(section["lifetime"]),
+        jobs=section["jobs"],
+        start_timeout_s=section["start_timeout_s"],
+        interface=section["interface"],
+        directives=tuple(section["directives"]),
     )
-    for key in ("cores", "jobs", "start_timeout_s"):
-        if getattr(settings, key) < 1:
-            raise ClusterError(f"dask.slurm.{key} {getattr(settings, key)}: must be at least 1")
-    if settings.memory_mb is not None and settings.memory_mb < 1:
-        raise ClusterError(f"dask.slurm.memory_mb {settings.memory_mb}: must be at least 1 (or auto)")
     if settings.lifetime <= 0 or settings.lifetime + settings.stagger_s >= walltime:
         raise ClusterError(
             f"dask.slurm.lifetime of {settings.lifetime} s (+- {settings.stagger_s} s stagger) must end before "

@@ -28,6 +28,17 @@ def shipped_defaults() -> dict:
     return _load(SHIPPED_CONFIG)
 
 
+def section(name: str, given: dict) -> dict:
+    """The config section ``name`` as a stage command given it alone (as JSON) must read it: the
+    shipped section's keys overridden by ``given``'s, checked against the same schema as the
+    workflow's config, with the same messages (:class:`ConfigError`), the schema's defaults
+    filled in. Code that reads a section then trusts it: no check here is made twice."""
+    config = shipped_defaults()
+    config[name] = {**config.get(name, {}), **given}
+    validate(config)
+    return config[name]
+
+
 def validate(config: dict, schema: Path = CONFIG_SCHEMA) -> None:
     """Validate ``config`` in place (schema defaults filled in) with Snakemake's validator.
 

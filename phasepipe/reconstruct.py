@@ -569,17 +569,21 @@ def single_defocus_level(defocus_nominal_nm: np.ndarray, refine: tuple[str, ...]
 
 
 def settings_from_config(section: dict) -> Settings:
-    """Resolve the ``reconstruction`` config section (see config/README.md) into :class:`Settings`."""
-    iterations = section.get("iterations", "auto")
-    device = section.get("device", "auto")
+    """Resolve the ``reconstruction`` config section (see config/README.md) into :class:`Settings`,
+    after checking it against the schema, the shipped defaults filling in what it lacks
+    (:func:`configuration.section`)."""
+    from phasepipe import configuration
+
+    section = configuration.section("reconstruction", section)
+    device = section["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("reconstruction.device is 'cuda' but PyTorch sees no CUDA device")
-    tv = section.get("tv_weight", "auto")
+    iterations, tv = section["iterations"], section["tv_weight"]
     return Settings(
-        refine=tuple(section.get("refine", ["defocus"])),
-        max_iterations=Settings.max_iterations if iterations == "auto" else int(iterations),
+        refine=tuple(section["refine"]),
+        max_iterations=Settings.max_iterations if iterations == "auto" else iterations,
         converge=iterations == "auto",
         tv_weight=None if tv == "auto" else float(tv),
         device=device,

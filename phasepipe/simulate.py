@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from phasepipe import io, physics
+from phasepipe.parameters import Microscope
 
 TEXTURES = ("vortex", "skyrmions", "stripes")
 PARTICLE_INNER_POTENTIAL_V = 10.0
@@ -41,10 +42,10 @@ class SeriesSpec:
     noise_fraction: float = 0.05  # Gaussian intensity noise, sigma = fraction * I
     counts_per_px: float = 1000.0  # mean detector counts per pixel
     drift_px: float = 3.0  # rms drift step between consecutive images
-    voltage_kv: float = 200.0
-    cs_mm: float = 1.0
-    beam_divergence_mrad: float = 0.01
-    defocus_spread_nm: float = 500.0
+    voltage_kv: float = Microscope.voltage_kv
+    cs_mm: float = Microscope.cs_mm
+    beam_divergence_mrad: float = Microscope.beam_divergence_mrad
+    defocus_spread_nm: float = Microscope.defocus_spread_nm
     b0_t: float = 1.0  # saturation induction
     thickness_nm: float = 40.0
     mean_inner_potential_v: float = 20.0
@@ -177,10 +178,10 @@ class Acquisition:
     counts_per_px: float = 1000.0
     drift_px: float = 3.0
     pixel_size_nm: float = 5.0
-    voltage_kv: float = 200.0
-    cs_mm: float = 1.0
-    beam_divergence_mrad: float = 0.01
-    defocus_spread_nm: float = 500.0
+    voltage_kv: float = Microscope.voltage_kv
+    cs_mm: float = Microscope.cs_mm
+    beam_divergence_mrad: float = Microscope.beam_divergence_mrad
+    defocus_spread_nm: float = Microscope.defocus_spread_nm
 
 
 def record(

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import __version__, cluster, io, parameters, physics, reconstruct
+from phasepipe import __version__, cluster, configuration, io, parameters, physics, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ TERMS = {"phase": 3, "amplitude": 1, "tie_phase": 3}
 # images; the forward model keeps a few complex maps per image for the backward pass).
 TILE_BASE_MB = 900
 TILE_BYTES_PER_PX_IMAGE = 260
-SCHEDULERS = "local, threads, slurm or tcp://host:port"
 
 
 class TilingError(ValueError):
-    """Bad tiling or Dask settings: the message names the key and what is wrong."""
+    """Tiling settings the schema cannot judge (the tile against the halo it needs): the message
+    names the key and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -75,18 +75,19 @@ class TilingSettings:
 
 
 def tiling_from_config(section: dict, dask_section: dict, threads: int, memory_mb: int | None) -> TilingSettings:
-    """Resolve the config's tiling keys and the job's resources into :class:`TilingSettings`."""
-    halo = section.get("halo_px", "auto")
-    scheduler = dask_section.get("scheduler", "local")
-    if not (scheduler in ("local", "threads", "slurm") or scheduler.startswith("tcp://")):
-        raise TilingError(f"dask.scheduler {scheduler!r}: expected {SCHEDULERS}")
+    """Resolve the config's tiling keys (of the ``reconstruction`` section), its ``dask`` section
+    and the job's resources into :class:`TilingSettings`; each section is checked against the
+    schema, the shipped defaults filling in what it lacks (:func:`configuration.section`)."""
+    section = configuration.section("reconstruction", section)
+    dask_section = configuration.section("dask", dask_section)
+    halo = section["halo_px"]
     return TilingSettings(
-        tile_px=int(section.get("tile_px", TilingSettings.tile_px)),
-        halo_px=None if halo == "auto" else int(halo),
-        scheduler=scheduler,
+        tile_px=section["tile_px"],
+        halo_px=None if halo == "auto" else halo,
+        scheduler=dask_section["scheduler"],
         threads=max(1, threads),
         memory_mb=memory_mb,
-        slurm=cluster.slurm_from_config(dask_section.get("slurm") or {}),
+        slurm=cluster.slurm_from_config(dask_section["slurm"]),
     )
 
 

@@ -48,6 +48,25 @@ def test_the_workflow_flag_records_the_failure_and_the_next_stage_passes_it_on(b
     assert io.open_store(aligned).attrs["error"] == ds.attrs["error"]
 
 
+@pytest.mark.parametrize(
+    ("stage", "settings", "message"),
+    [
+        ("align", {"transform": "affine"}, "'align.transform' is 'affine'; allowed: 'translation', 'similarity'"),
+        ("reconstruct", {"refine": ["focus"]}, "'reconstruction.refine.0' is 'focus'; allowed: 'defocus'"),
+        ("reconstruct", {"tile_px": 8}, "'reconstruction.tile_px' is 8, outside the range >= 32"),
+    ],
+)
+def test_a_stage_run_alone_checks_its_section_against_the_schema(stage, settings, message, tmp_path, caplog):
+    """The section a stage command is given is checked as the workflow checks the config, before
+    any input is read (the input here does not exist): exit 2, the key named."""
+    args = [stage, "--in", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "out.zarr")]
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*args, "--settings", json.dumps(settings)])
+    assert stop.value.code == 2
+    assert message in caplog.text
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_export_writes_calibrated_tiffs_of_every_map(tmp_path, capsys):
     """Every (y, x) variable of every good series, float32, pixel size in nm in the ImageJ tags; a
     failed series is skipped."""

@@ -26,7 +26,8 @@ def test_slurm_settings_from_config():
         None,
     ).slurm
     assert slurm == cluster.SlurmSettings(partition="short", account="lab", cores=4, memory_mb=3000, jobs=8)
-    assert cluster.slurm_from_config({"memory_mb": "auto", "lifetime": "auto"}) == cluster.SlurmSettings()
+    default = tiling.tiling_from_config({}, {"scheduler": "slurm"}, 1, None).slurm
+    assert default == cluster.SlurmSettings()
     assert cluster.format_walltime(90061) == "25:01:01"
 
 
@@ -48,9 +49,8 @@ def test_slurm_worker_job_script(tmp_path, monkeypatch):
     account given, retiring before the walltime; nothing is submitted to build it."""
     fake_slurm_command(tmp_path, "sbatch", "exit 1")
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    settings = cluster.slurm_from_config(
-        {"partition": "short", "account": "lab", "cores": 2, "walltime": "02:00:00", "directives": ["--qos=long"]}
-    )
+    section = {"partition": "short", "account": "lab", "cores": 2, "walltime": "02:00:00", "directives": ["--qos=long"]}
+    settings = tiling.tiling_from_config({}, {"scheduler": "slurm", "slurm": section}, 1, None).slurm
     with cluster.slurm_cluster(cluster.SlurmWorkers(settings, "phasepipe-s01", 1600)) as jobs:
         script = jobs.job_script()
     for line in ("-J phasepipe-s01", "-p short", "-A lab", "--cpus-per-task=2", "--mem=1600M", "-t 02:00:00"):

@@ -1,6 +1,7 @@
 """The registry of refinable parameters: the schema agrees with it, and a parameter added by one
 entry plus its forward term is refined, reported, written and tabulated with no other change."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import xarray as xr
 import yaml
 
-from phasepipe import aggregate, fused, parameters, reconstruct, simulate, tiling
+from phasepipe import aggregate, configuration, fused, parameters, reconstruct, simulate, tiling
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 NOMINAL = np.array([-0.4e6, 0.0, 0.4e6])
@@ -113,3 +114,10 @@ def test_the_fast_path_hands_a_parameter_it_does_not_model_to_autograd(toy):
     assert type(loss.grad_fn).__name__ != "_SeriesMisfitFunctionBackward"
     loss.backward()
     assert params.dark_drift.grad.abs() > 0
+
+
+def test_one_set_of_microscope_defaults():
+    """The shipped config's microscope is the library's default one, which the simulator uses too."""
+    assert configuration.shipped_defaults()["microscope"] == dataclasses.asdict(parameters.Microscope())
+    acquisition = simulate.Acquisition(defocus_nominal_nm=(0.0,))
+    assert all(getattr(acquisition, key) == value for key, value in dataclasses.asdict(parameters.Microscope()).items())

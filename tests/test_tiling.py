@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from doc_text import documented
 
-from phasepipe import cli, cluster, io, metrics, parameters, reconstruct, simulate, tiling
+from phasepipe import cli, cluster, configuration, io, metrics, parameters, reconstruct, simulate, tiling
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 
@@ -89,18 +89,23 @@ def test_slurm_worker_lifetime_ends_before_the_walltime(section, lifetime_s, sta
 @pytest.mark.parametrize(
     ("dask", "message"),
     [
-        ({"scheduler": "mpi"}, "expected local, threads, slurm or tcp://host:port"),
-        ({"scheduler": "slurm", "slurm": {"walltime": "1h"}}, r"dask\.slurm\.walltime '1h': expected a SLURM time"),
-        ({"scheduler": "slurm", "slurm": {"lifetime": "00:58:00"}}, r"dask\.slurm\.lifetime of 3480 s \(\+- 180 s"),
-        ({"scheduler": "slurm", "slurm": {"cores": 0}}, r"dask\.slurm\.cores 0: must be at least 1"),
-        ({"scheduler": "slurm", "slurm": {"jobs": 0}}, r"dask\.slurm\.jobs 0: must be at least 1"),
-        ({"scheduler": "slurm", "slurm": {"queue": "short"}}, r"dask\.slurm: unknown key\(s\) \['queue'\]"),
+        ({"scheduler": "mpi"}, r"'dask\.scheduler' is 'mpi', which does not have the form"),
+        ({"scheduler": "slurm", "slurm": {"walltime": "1h"}}, r"'dask\.slurm\.walltime' is '1h', which does not"),
+        ({"scheduler": "slurm", "slurm": {"cores": 0}}, r"'dask\.slurm\.cores' is 0, outside the range >= 1"),
+        ({"scheduler": "slurm", "slurm": {"jobs": 0}}, r"'dask\.slurm\.jobs' is 0, outside the range >= 1"),
+        ({"scheduler": "slurm", "slurm": {"queue": "short"}}, r"unknown key 'dask\.slurm\.queue'"),
     ],
 )
-def test_bad_dask_settings_are_refused_naming_the_key(dask, message):
-    """The scheduler's name is the tiling's to check, the SLURM settings the cluster's."""
-    error = tiling.TilingError if dask["scheduler"] == "mpi" else cluster.ClusterError
-    with pytest.raises(error, match=message):
+def test_bad_dask_settings_are_refused_by_the_schema_naming_the_key(dask, message):
+    """A stage command given its section alone checks it against the workflow's schema."""
+    with pytest.raises(configuration.ConfigError, match=message):
+        tiling.tiling_from_config({}, dask, 1, None)
+
+
+def test_a_lifetime_past_the_walltime_is_refused():
+    """What the schema cannot judge, the cluster settings do: workers must retire in time."""
+    dask = {"scheduler": "slurm", "slurm": {"lifetime": "00:58:00"}}
+    with pytest.raises(cluster.ClusterError, match=r"dask\.slurm\.lifetime of 3480 s \(\+- 180 s"):
         tiling.tiling_from_config({}, dask, 1, None)
 
 
