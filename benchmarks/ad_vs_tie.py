@@ -35,7 +35,7 @@ def run(spec, threads: int, device: str = "cpu") -> dict:
     """AD and TIE on one simulated series; figures of merit against its truth."""
     import torch
 
-    from phasepipe import metrics, parameters, reconstruct, simulate, tie
+    from phasepipe import metrics, optimise, parameters, reconstruct, simulate, tie
 
     torch.set_num_threads(threads)
     images, truth = simulate.simulate_series(spec)
@@ -48,7 +48,7 @@ def run(spec, threads: int, device: str = "cpu") -> dict:
     tie_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = reconstruct.reconstruct(
-        images, nominal, spec.pixel_size_nm, parameters.Microscope(), reconstruct.Settings(device=device)
+        images, nominal, spec.pixel_size_nm, parameters.Microscope(), optimise.Settings(device=device)
     )
     ad_s = time.perf_counter() - t0
     return {

@@ -31,7 +31,7 @@ def run(spec) -> dict:
     """Align and reconstruct one simulated series; acc and the registration's error."""
     import torch
 
-    from phasepipe import align, metrics, parameters, reconstruct, simulate
+    from phasepipe import align, metrics, optimise, parameters, reconstruct, simulate
 
     torch.set_num_threads(1)
     images, truth = simulate.simulate_series(spec)
@@ -43,7 +43,7 @@ def run(spec) -> dict:
         nominal,
         spec.pixel_size_nm,
         parameters.Microscope(),
-        reconstruct.Settings(),
+        optimise.Settings(),
     )
     true_shifts = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
     return {

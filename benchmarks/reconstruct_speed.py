@@ -7,7 +7,7 @@ defocus refinement on".
 What is measured, in one run on this machine, with the torch threads given (default 1, as the
 workflow runs a reconstruction job per core):
 
-* an iteration of :func:`phasepipe.reconstruct.fit` on a simulated series (refine: defocus, every
+* an iteration of :func:`phasepipe.optimise.fit` on a simulated series (refine: defocus, every
   image in the misfit): misfit, TV penalty, their gradients and the optimiser steps. With the
   coherence fixed this is the fast path (:mod:`phasepipe.fused`, docs/physics.md): misfit and
   gradient in one pass over the series, compiled (numba) kernels between the FFTs. Its FFTs:
@@ -40,7 +40,8 @@ import time
 import numpy as np
 import torch
 
-from phasepipe import parameters, reconstruct, simulate
+from phasepipe import optimise, parameters, simulate
+from phasepipe.model import ForwardModel
 
 DEFOCUS = {3: (-1.6e6, 0.0, 1.6e6), 5: (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)}
 
@@ -53,7 +54,7 @@ def problem(size: int, n_images: int, device: str = "cpu"):
     data = images / images.mean(axis=(1, 2), keepdims=True)
     microscope = parameters.Microscope()
     params = parameters.Parameters(np.zeros((size, size)), np.ones((size, size)), nominal, microscope, n_images // 2)
-    model = reconstruct.ForwardModel((size, size), spec.pixel_size_nm, microscope, device)
+    model = ForwardModel((size, size), spec.pixel_size_nm, microscope, device)
     return model, params.to(device), torch.as_tensor(data, dtype=torch.float32, device=device)
 
 
@@ -70,8 +71,8 @@ def clocks() -> np.ndarray:
 
 def first_report(device: str) -> int:
     """The iteration whose report starts the clock: a GPU's reports come in bursts of
-    ``reconstruct.READ_BACK``, read back together at the burst's end."""
-    return reconstruct.READ_BACK if device == "cuda" else 1
+    ``optimise.READ_BACK``, read back together at the burst's end."""
+    return optimise.READ_BACK if device == "cuda" else 1
 
 
 def iteration_time(model, params, data, iterations: int) -> np.ndarray:
@@ -86,7 +87,7 @@ def iteration_time(model, params, data, iterations: int) -> np.ndarray:
     options = parameters.default_options()
     options["defocus_scale"] = parameters.ParameterOptions(lr=1e-3, start=0)
     device = data.device.type
-    settings = reconstruct.Settings(
+    settings = optimise.Settings(
         refine=("defocus",),
         max_iterations=iterations,
         converge=False,
@@ -95,7 +96,7 @@ def iteration_time(model, params, data, iterations: int) -> np.ndarray:
         device=device,
     )
     stamps = {}
-    reconstruct.fit(model, params, data, settings, tv_weight=1e-4, progress=lambda k, _: stamps.setdefault(k, clocks()))
+    optimise.fit(model, params, data, settings, tv_weight=1e-4, progress=lambda k, _: stamps.setdefault(k, clocks()))
     first = first_report(device)
     return (stamps[iterations] - stamps[first]) / (iterations - first)
 
@@ -117,13 +118,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--images", type=int, nargs="+", default=[3, 5], choices=sorted(DEFOCUS))
-    # Short of the fit's first look for 2 pi slips (at reconstruct.UNWRAP_EVERY): in a long fit such
+    # Short of the fit's first look for 2 pi slips (at optimise.UNWRAP_EVERY): in a long fit such
     # looks become rarer and rarer, and timings of a few iterations should not hold one.
     parser.add_argument(
         "--iterations",
         type=int,
-        default=reconstruct.UNWRAP_EVERY - 1,
-        help=f"iterations per fit timed (more than {reconstruct.READ_BACK} on cuda)",
+        default=optimise.UNWRAP_EVERY - 1,
+        help=f"iterations per fit timed (more than {optimise.READ_BACK} on cuda)",
     )
     parser.add_argument("--repeat", type=int, default=7, help="pairs of timings (iterations, FFTs)")
     parser.add_argument("--threads", type=int, default=1)

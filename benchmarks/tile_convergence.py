@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
-from phasepipe import cluster, parameters, reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import cluster, optimise, parameters, simulate, tilegrid, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)  # the demo's five levels
 
@@ -62,14 +62,14 @@ def main() -> None:
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
         microscope = parameters.Microscope()
         halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), spec.pixel_size_nm)
-        grid = tiling.tile_grid((args.size, args.size), args.tile, halo)
+        grid = tilegrid.tile_grid((args.size, args.size), args.tile, halo)
         centre = np.array([args.size / 2, args.size / 2])
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))
         tiles = grid[: args.tiles]
         if args.iterations is None:
-            settings, iterations = reconstruct.Settings(), f"auto (cap {reconstruct.Settings.max_iterations})"
+            settings, iterations = optimise.Settings(), f"auto (cap {optimise.Settings.max_iterations})"
         else:
-            settings, iterations = reconstruct.Settings(max_iterations=args.iterations, converge=False), args.iterations
+            settings, iterations = optimise.Settings(max_iterations=args.iterations, converge=False), args.iterations
         print(
             f"{len(tiles)} tiles of {args.tile} px, halo {halo} px (canvas {args.tile + 4 * halo} px), "
             f"{iterations} iterations, {args.workers} worker(s) x 1 torch thread",

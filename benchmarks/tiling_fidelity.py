@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store)
 from test_tiling import FIVE, seam_steps  # noqa: E402  (the tests' seam measure)
 
-from phasepipe import io, metrics, reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import io, metrics, optimise, reconstruct, simulate, tiling  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
         n_particles=args.size**2 // 8192,
         seed=1,
     )
-    settings = reconstruct.Settings(max_iterations=args.iterations, converge=False)
+    settings = optimise.Settings(max_iterations=args.iterations, converge=False)
     with tempfile.TemporaryDirectory() as tmp:
         store, truth = write_aligned_store(Path(tmp) / "aligned.zarr", spec)
         torch.set_num_threads(args.workers)

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_aligned_store  # noqa: E402  (the tests' aligned store of a simulated series)
 
-from phasepipe import cluster, parameters, reconstruct, simulate, tiling  # noqa: E402
+from phasepipe import cluster, optimise, parameters, simulate, tilegrid, tiling  # noqa: E402
 
 DEFOCUS = (-1.6e6, 0.0, 1.6e6)
 
@@ -61,7 +61,7 @@ def peak_rss_mb() -> float:
 
 
 def run(
-    job: tiling.TileJob, first: list[tiling.Tile], tiles: list[tiling.Tile], workers: int
+    job: tiling.TileJob, first: list[tilegrid.Tile], tiles: list[tilegrid.Tile], workers: int
 ) -> tuple[float, float, list[float]]:
     """On ``workers`` worker processes: the wall time of every worker fitting its tile of ``first``
     (its start-up included), then that of fitting ``tiles``, and each worker's peak memory."""
@@ -100,12 +100,12 @@ def main() -> None:
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
         microscope = parameters.Microscope()
         halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), 5.0)
-        grid = tiling.tile_grid((args.size, args.size), args.tile, halo)
+        grid = tilegrid.tile_grid((args.size, args.size), args.tile, halo)
         centre = np.array([args.size / 2, args.size / 2])
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))
         tiles, first = grid[: args.tiles], grid[args.tiles : args.tiles + 2]
         # The fit's own throughput: the sub-field uncertainty is left out.
-        settings = reconstruct.Settings(max_iterations=args.iterations, converge=False, subfield_uncertainty=False)
+        settings = optimise.Settings(max_iterations=args.iterations, converge=False, subfield_uncertainty=False)
         canvas = args.tile + 4 * halo
         print(
             f"{len(tiles)} tiles of {args.tile} px, halo {halo} px (canvas {canvas} px), "

@@ -1,6 +1,6 @@
 """Choose the engine's defaults on the tuning families of the validation corpus, and only there.
 
-Each candidate (a variation of :class:`phasepipe.reconstruct.Settings`) is run on every case of
+Each candidate (a variation of :class:`phasepipe.optimise.Settings`) is run on every case of
 the tuning families (phasepipe/corpus.py: the project's textures and islands, weak smooth
 phase, scikit-image test images as phase), never on the held-out ones; printed: the cases read,
 then per candidate the median and worst acc, the median and 90th-percentile calibration error,
@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from phasepipe import corpus, reconstruct  # noqa: E402
+from phasepipe import corpus, optimise  # noqa: E402
 
-BASE = reconstruct.Settings()
+BASE = optimise.Settings()
 # The defaults before this sweep: TV weight 0.5 noise^2, tolerance 2e-4, the calibration alone
 # refined (their calibration stage is gone). The uncertainty is left out of every candidate: it
 # changes no fitted value.

@@ -108,7 +108,7 @@ def cmd_align(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     import torch
 
-    from phasepipe import cluster, configuration, io, reconstruct, tiling
+    from phasepipe import cluster, configuration, io, optimise, reconstruct, tilegrid, tiling
 
     torch.set_num_threads(args.threads)
     section = json.loads(args.settings)
@@ -138,10 +138,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
             out = _reconstruct_whole(ds.load(), settings, args.out)
         else:
             out = _reconstruct_tiles(args, settings, tiles, series)
-    except (tiling.TilingError, cluster.ClusterError) as exc:
+    except (tilegrid.TilingError, cluster.ClusterError) as exc:
         log.error("%s: %s", series, exc)
         sys.exit(2)
-    except reconstruct.FitDiverged as exc:
+    except optimise.FitDiverged as exc:
         # Like bad input, it fails this series alone, and the failure reaches the release summary.
         _fail(args, io.failed_dataset(series, f"series {series}: {exc}", "reconstruct"))
         return

@@ -296,7 +296,7 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     """
     import time
 
-    from phasepipe import align, metrics, parameters, plain, reconstruct, tie
+    from phasepipe import align, metrics, optimise, parameters, plain, reconstruct, tie
 
     images, truth = simulate_case(case)
     acquisition = case.acquisition()
@@ -304,7 +304,7 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     registration = align.series_registration(images, nominal)
     aligned = align.apply_registration(images, registration)
     microscope = parameters.Microscope()
-    settings = settings or reconstruct.Settings()
+    settings = settings or optimise.Settings()
     t0 = time.perf_counter()
     result = reconstruct.reconstruct(aligned, nominal, PIXEL_NM, microscope, settings)
     wall = time.perf_counter() - t0

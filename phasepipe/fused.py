@@ -1,6 +1,6 @@
 """The reconstruction's misfit and total variation with analytic gradients: the fast path of a fit.
 
-Autograd through the forward model (:class:`phasepipe.reconstruct.ForwardModel`) spends most of an
+Autograd through the forward model (:class:`phasepipe.model.ForwardModel`) spends most of an
 iteration on element-wise complex work: a full-size pass per operation and direction, fresh
 buffers, dtype promotions. :class:`SeriesMisfit` computes the misfit of a series and its gradient
 together, in the 2N + 2 FFTs they need, with three kernels per image between them:

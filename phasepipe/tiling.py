@@ -6,30 +6,27 @@ widened by ``halo_px`` on every side into the data window that
 data (docs/physics.md, "Tiling"). The steps, pure functions where they can be, with the side
 effects (Zarr reads and writes, records, Dask) in :func:`reconstruct_tiled` and the task functions:
 
-1. :func:`tile_grid` and :func:`auto_halo_px`: geometry and the halo the Fresnel spread needs.
+1. :func:`phasepipe.tilegrid.tile_grid` and :func:`auto_halo_px`: geometry and the halo the
+   Fresnel spread needs.
 2. One Dask task per tile, and one for the whole field binned into one tile, reads its data
-   lazily from the aligned Zarr store, reconstructs it and leaves a record (maps and parameters)
-   under ``results_dir/work/tiles/<series>/<fingerprint>/``, outside the rule's output, so that a
-   killed job resumes from the finished tiles.
-3. :func:`anchor`: each tile's low spatial frequencies from the binned fit; :func:`reconcile`:
-   every tile's remaining phase constant and gradient (and log amplitude constant) by least
-   squares over the overlaps.
-4. :func:`blend_weights` and one task per output chunk: the tiles covering it, blended with
-   weights that sum to one, written into that chunk alone.
+   lazily from the aligned Zarr store, reconstructs it and leaves a record (maps and parameters,
+   :mod:`phasepipe.resume`) under ``results_dir/work/tiles/<series>/<fingerprint>/``, outside the
+   rule's output, so that a killed job resumes from the finished tiles.
+3. :func:`phasepipe.tilegrid.anchor`: each tile's low spatial frequencies from the binned fit;
+   :func:`phasepipe.tilegrid.reconcile`: every tile's remaining phase constant and gradient (and
+   log amplitude constant) by least squares over the overlaps.
+4. :func:`phasepipe.tilegrid.blend_weights` and one task per output chunk: the tiles covering
+   it, blended with weights that sum to one, written into that chunk alone.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,28 +34,16 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import __version__, cluster, configuration, io, parameters, physics, reconstruct
+from phasepipe import cluster, configuration, io, optimise, parameters, physics, reconstruct, resume, tilegrid
 
 log = logging.getLogger(__name__)
 
-MAPS = ("phase", "amplitude", "tie_phase")
-OVERVIEW = "overview"  # record of the binned whole-field fit
-ANCHOR_SIGMA_BINS = 2.0  # low-pass (Gaussian sigma, binned px) below which tiles take the binned fit's maps
-# Terms of each map's per-tile correction (constant; constant and gradient). Phase is known up to
-# a constant, and a tile's fit pins its low frequencies poorly (a gradient across a periodic
-# window is a beam tilt); log amplitude up to a constant (intensities are normalised per tile).
-TERMS = {"phase": 3, "amplitude": 1, "tie_phase": 3}
 # Peak memory of one tile's fit: interpreter, torch and the compiled kernels, with up to 64 MB of
-# freed memory kept for reuse (reuse_freed_memory), plus bytes per window pixel and image
-# (measured by benchmarks/tiling_speed.py: 1.07-1.13 GB per worker on a 640 px canvas of three
-# images; the forward model keeps a few complex maps per image for the backward pass).
+# freed memory kept for reuse (reuse_freed_memory), plus bytes per window pixel and image (the
+# forward model keeps a few complex maps per image for the backward pass); benchmarks/tiling_speed.py
+# measures it (docs/performance.md).
 TILE_BASE_MB = 900
 TILE_BYTES_PER_PX_IMAGE = 260
-
-
-class TilingError(ValueError):
-    """Tiling settings the schema cannot judge (the tile against the halo it needs): the message
-    names the key and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -99,157 +84,6 @@ def auto_halo_px(microscope: parameters.Microscope, max_defocus_nm: float, pixel
     return physics.fresnel_spread_px(microscope.voltage_kv * 1e3, theta, max_defocus_nm, pixel_size_nm)
 
 
-@dataclass(frozen=True)
-class Tile:
-    """One tile: its core (the output chunk it owns) and its window (what is reconstructed)."""
-
-    row: int
-    col: int
-    core: tuple[int, int, int, int]  # y0, y1, x0, x1
-    window: tuple[int, int, int, int]
-
-    @property
-    def name(self) -> str:
-        return f"r{self.row:03d}c{self.col:03d}"
-
-    def window_slices(self) -> tuple[slice, slice]:
-        y0, y1, x0, x1 = self.window
-        return slice(y0, y1), slice(x0, x1)
-
-
-def tile_grid(shape: tuple[int, int], tile_px: int, halo_px: int) -> list[Tile]:
-    """Tiles of ``tile_px`` from the origin (the output's chunk grid), windows widened by
-    ``halo_px`` and clipped to the field."""
-    if tile_px < 2 * halo_px:
-        raise TilingError(
-            f"reconstruction.tile_px {tile_px} is smaller than twice the halo ({halo_px} px): "
-            "raise tile_px or lower halo_px"
-        )
-    h, w = shape
-    tiles = []
-    for row, y0 in enumerate(range(0, h, tile_px)):
-        for col, x0 in enumerate(range(0, w, tile_px)):
-            y1, x1 = min(y0 + tile_px, h), min(x0 + tile_px, w)
-            window = (max(y0 - halo_px, 0), min(y1 + halo_px, h), max(x0 - halo_px, 0), min(x1 + halo_px, w))
-            tiles.append(Tile(row, col, (y0, y1, x0, x1), window))
-    return tiles
-
-
-def _ramp(t: np.ndarray) -> np.ndarray:
-    """0 below t = 0, 1 above t = 1, sin^2 between: with its mirror image a partition of unity."""
-    return np.sin(0.5 * np.pi * np.clip(t, 0.0, 1.0)) ** 2
-
-
-def _axis_weights(core: tuple[int, int], window: tuple[int, int], size: int, band_px: int) -> np.ndarray:
-    centres = np.arange(window[0], window[1]) + 0.5
-    weights = np.ones(centres.size)
-    # Ramps over a band of band_px centred on each core edge that has a neighbour; the neighbour's
-    # ramp over the same band is the complement, so the weights of all tiles sum to one.
-    if core[0] > 0:
-        weights *= _ramp((centres - core[0]) / max(band_px, 1e-9) + 0.5) if band_px else centres >= core[0]
-    if core[1] < size:
-        weights *= _ramp((core[1] - centres) / max(band_px, 1e-9) + 0.5) if band_px else centres < core[1]
-    return weights
-
-
-def blend_weights(tile: Tile, shape: tuple[int, int], halo_px: int) -> np.ndarray:
-    """Blending weights over the tile's window: 1 in the core, smooth ramps across the inner half
-    of the halo on both sides of each seam, 0 in the halo's outer half."""
-    y0, y1, x0, x1 = tile.core
-    wy0, wy1, wx0, wx1 = tile.window
-    band = halo_px  # the band reaches halo_px / 2 beyond the core
-    return np.outer(
-        _axis_weights((y0, y1), (wy0, wy1), shape[0], band), _axis_weights((x0, x1), (wx0, wx1), shape[1], band)
-    )
-
-
-def _basis(tile: Tile, shape: tuple[int, int], terms: int) -> list[np.ndarray]:
-    """Per-pixel basis of a tile's correction over its window: 1, and for three terms y and x
-    (in units of the field's size, from its centre: a well-conditioned least squares)."""
-    wy0, wy1, wx0, wx1 = tile.window
-    ones = np.ones((wy1 - wy0, wx1 - wx0))
-    if terms == 1:
-        return [ones]
-    y = (np.arange(wy0, wy1) + 0.5 - shape[0] / 2)[:, None] / max(shape)
-    x = (np.arange(wx0, wx1) + 0.5 - shape[1] / 2)[None, :] / max(shape)
-    return [ones, ones * y, ones * x]
-
-
-def correction(tile: Tile, shape: tuple[int, int], theta: np.ndarray) -> np.ndarray:
-    """A tile's correction over its window for coefficients ``theta``."""
-    return sum(c * g for c, g in zip(theta, _basis(tile, shape, theta.size), strict=True))
-
-
-def _overlap(a: Tile, b: Tile) -> tuple[slice, slice, slice, slice] | None:
-    """Index ranges of the two windows' intersection, in a's and in b's window coordinates."""
-    y0, y1 = max(a.window[0], b.window[0]), min(a.window[1], b.window[1])
-    x0, x1 = max(a.window[2], b.window[2]), min(a.window[3], b.window[3])
-    if y0 >= y1 or x0 >= x1:
-        return None
-    return (
-        slice(y0 - a.window[0], y1 - a.window[0]),
-        slice(x0 - a.window[2], x1 - a.window[2]),
-        slice(y0 - b.window[0], y1 - b.window[0]),
-        slice(x0 - b.window[2], x1 - b.window[2]),
-    )
-
-
-def overlap_moments(
-    a: Tile, b: Tile, field_a: np.ndarray, field_b: np.ndarray, shape: tuple[int, int], halo_px: int, terms: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Normal-equation terms (G, h) of the misfit between two tiles' maps over their overlap.
-
-    With corrections theta (coefficients of :func:`_basis`), sum w (g.(theta_a - theta_b) - d)^2,
-    d = field_b - field_a, weighted by the product of the two tiles' blending weights, equals
-    D.G.D - 2 D.h + const with D = theta_a - theta_b.
-    """
-    where = _overlap(a, b)
-    if where is None:
-        return None
-    ya, xa, yb, xb = where
-    weight = blend_weights(a, shape, halo_px)[ya, xa] * blend_weights(b, shape, halo_px)[yb, xb]
-    if not weight.any():
-        return None
-    basis = [g[ya, xa] for g in _basis(a, shape, terms)]
-    diff = field_b[yb, xb] - field_a[ya, xa]
-    gram = np.array([[np.sum(weight * gi * gj) for gj in basis] for gi in basis])
-    rhs = np.array([np.sum(weight * gi * diff) for gi in basis])
-    return gram, rhs
-
-
-def reconcile(n_tiles: int, terms: int, pairs: list[tuple[int, int, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Corrections (n_tiles, k) that make neighbouring tiles agree best over their overlaps.
-
-    Least squares over all pairs (a, b, G, h) of :func:`overlap_moments`. A correction common to
-    every tile changes no overlap: the minimum-norm solution, whose corrections sum to zero, is
-    taken, so the field as a whole keeps the tiles' mean.
-    """
-    normal = np.zeros((n_tiles * terms, n_tiles * terms))
-    rhs = np.zeros(n_tiles * terms)
-    for a, b, gram, h in pairs:
-        sa, sb = slice(a * terms, (a + 1) * terms), slice(b * terms, (b + 1) * terms)
-        normal[sa, sa] += gram
-        normal[sb, sb] += gram
-        normal[sa, sb] -= gram
-        normal[sb, sa] -= gram
-        rhs[sa] += h
-        rhs[sb] -= h
-    solution = np.linalg.lstsq(normal, rhs, rcond=None)[0]
-    return solution.reshape(n_tiles, terms)
-
-
-def neighbours(tiles: list[Tile]) -> list[tuple[int, int]]:
-    """Index pairs of tiles whose windows overlap (each pair once)."""
-    index = {(t.row, t.col): i for i, t in enumerate(tiles)}
-    pairs = []
-    for i, t in enumerate(tiles):
-        for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
-            j = index.get((t.row + dr, t.col + dc))
-            if j is not None and _overlap(t, tiles[j]) is not None:
-                pairs.append((i, j))
-    return pairs
-
-
 def combine_parameters(summaries: list[dict]) -> dict:
     """Series parameters from the tiles' own estimates: for every registered output, the mean
     over tiles, and the standard error of the mean from their spread as its std (a single tile's
@@ -272,67 +106,6 @@ def combine_parameters(summaries: list[dict]) -> dict:
     return combined
 
 
-# --- resume records --------------------------------------------------------------------------
-
-
-def settings_fingerprint(
-    settings: reconstruct.Settings,
-    microscope: parameters.Microscope,
-    nominal_nm: np.ndarray,
-    pixel_size_nm: float,
-    shape: tuple[int, int],
-    tile_px: int,
-    halo_px: int,
-) -> str:
-    """Hash of everything besides the images that shapes a tile's result: changing any of it
-    starts a fresh set of records."""
-    described = {
-        "phasepipe": __version__,
-        "settings": dataclasses.asdict(settings),
-        "microscope": dataclasses.asdict(microscope),
-        "defocus_nominal_nm": [float(d) for d in nominal_nm],
-        "pixel_size_nm": float(pixel_size_nm),
-        "shape": list(shape),
-        "tile_px": tile_px,
-        "halo_px": halo_px,
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def input_digest(images: np.ndarray) -> str:
-    """Hash of a tile's input window."""
-    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
-
-
-def read_record(folder: Path, digest: str | None = None) -> dict | None:
-    """A tile's record (parameters), or None when it is missing or made from other input."""
-    try:
-        summary = json.loads((folder / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if digest is not None and summary.get("input_sha256") != digest:
-        return None
-    return summary
-
-
-def load_maps(folder: Path) -> dict[str, np.ndarray]:
-    """A record's maps (memory-mapped: a stitching task reads only the overlaps it needs)."""
-    return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in MAPS}
-
-
-def write_record(folder: Path, maps: dict[str, np.ndarray], summary: dict) -> None:
-    """Write a record whole or not at all: built under a temporary name, then renamed."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    for name, values in maps.items():
-        np.save(tmp / f"{name}.npy", values)
-    (tmp / "result.json").write_text(json.dumps(summary))
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another worker finished the same tile first: its record is as good
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # --- tasks (run on Dask workers; arguments and results are small and picklable) ---------------
 
 
@@ -345,12 +118,12 @@ class TileJob:
     nominal_nm: tuple[float, ...]
     pixel_size_nm: float
     microscope: parameters.Microscope
-    settings: reconstruct.Settings
+    settings: optimise.Settings
     halo_px: int  # the tile's canvas margin; the binned whole-field fit has none, as an untiled fit
     torch_threads: int
 
 
-def run_tile(job: TileJob, tile: Tile) -> dict:
+def run_tile(job: TileJob, tile: tilegrid.Tile) -> dict:
     """Reconstruct one tile's window, or reuse its record when one from the same input exists."""
     import zarr
 
@@ -363,7 +136,7 @@ def run_overview(job: TileJob, factor: int) -> dict:
     """Reconstruct the whole field binned ``factor`` x ``factor`` (the low frequencies every tile
     is anchored to), or reuse its record."""
     return _reconstruct_once(
-        job, read_binned(job.store, factor), job.pixel_size_nm * factor, None, Path(job.records) / OVERVIEW
+        job, read_binned(job.store, factor), job.pixel_size_nm * factor, None, Path(job.records) / resume.OVERVIEW
     )
 
 
@@ -413,8 +186,8 @@ def _reconstruct_once(
     them and leave the record."""
     import torch
 
-    digest = input_digest(images)
-    summary = read_record(folder, digest)
+    digest = resume.input_digest(images)
+    summary = resume.read_record(folder, digest)
     if summary is not None:
         return {**summary, "reused": True}
     # Fixed threads per tile: the same tile gives the same bytes in an interrupted and an
@@ -425,9 +198,9 @@ def _reconstruct_once(
         result = reconstruct.reconstruct(
             images, np.array(job.nominal_nm), pixel_size_nm, job.microscope, job.settings, margin_px=margin_px
         )
-    except reconstruct.FitDiverged as exc:
-        where = "the overview" if folder.name == OVERVIEW else f"tile {folder.name}"
-        raise reconstruct.FitDiverged(f"{where}: {exc}") from None
+    except optimise.FitDiverged as exc:
+        where = "the overview" if folder.name == resume.OVERVIEW else f"tile {folder.name}"
+        raise optimise.FitDiverged(f"{where}: {exc}") from None
     summary = {
         "input_sha256": digest,
         **{output.name: np.asarray(result.values[output.name]).tolist() for output in parameters.outputs()},
@@ -442,42 +215,16 @@ def _reconstruct_once(
     # Amplitude is kept as its log: tiles differ by an arbitrary factor (their intensities are
     # normalised to their own mean), an additive constant in log space.
     maps = {"phase": result.phase, "amplitude": np.log(result.amplitude), "tie_phase": result.tie_phase}
-    write_record(folder, maps, summary)
+    resume.write_record(folder, maps, summary)
     return {**summary, "reused": False}
 
 
-def upsample(coarse: np.ndarray, window: tuple[int, int, int, int], factor: int) -> np.ndarray:
-    """A binned map (linearly) interpolated onto the full-resolution pixels of ``window``."""
-    from scipy import ndimage
-
-    wy0, wy1, wx0, wx1 = window
-    # Coarse pixel i covers full pixels [i f, (i + 1) f): its centre is at full index (i + 0.5) f - 0.5.
-    yy = (np.arange(wy0, wy1) + 0.5) / factor - 0.5
-    xx = (np.arange(wx0, wx1) + 0.5) / factor - 0.5
-    grid = np.meshgrid(yy, xx, indexing="ij")
-    return ndimage.map_coordinates(np.asarray(coarse, np.float64), grid, order=1, mode="nearest")
-
-
-def anchored_maps(records: Path, tile: Tile, overview: dict[str, np.ndarray], factor: int) -> dict[str, np.ndarray]:
-    """A tile's recorded maps, each anchored to the binned whole-field fit (:func:`anchor`)."""
-    maps = load_maps(records / tile.name)
-    return {name: anchor(maps[name], overview[name], tile, factor) for name in MAPS}
-
-
-def anchor(tile_map: np.ndarray, coarse: np.ndarray, tile: Tile, factor: int) -> np.ndarray:
-    """A tile's map with its low spatial frequencies replaced by the binned whole-field map's.
-
-    A tile's fit pins frequencies below about one cycle per window poorly (and its start, TIE,
-    suppresses them); the binned fit sees the whole field, as an untiled fit does. Gaussian of
-    ``ANCHOR_SIGMA_BINS`` binned pixels splits low from high.
-    """
-    from scipy import ndimage
-
-    sigma = ANCHOR_SIGMA_BINS * factor
-    tile_map = np.asarray(tile_map, np.float64)
-    low = ndimage.gaussian_filter(tile_map, sigma, mode="nearest")
-    coarse_low = ndimage.gaussian_filter(upsample(coarse, tile.window, factor), sigma, mode="nearest")
-    return tile_map - low + coarse_low
+def anchored_maps(
+    records: Path, tile: tilegrid.Tile, overview: dict[str, np.ndarray], factor: int
+) -> dict[str, np.ndarray]:
+    """A tile's recorded maps, each anchored to the binned whole-field fit (:func:`phasepipe.tilegrid.anchor`)."""
+    maps = resume.load_maps(records / tile.name)
+    return {name: tilegrid.anchor(maps[name], overview[name], tile, factor) for name in resume.MAPS}
 
 
 @dataclass(frozen=True)
@@ -488,10 +235,10 @@ class StitchJob:
     records: str
     shape: tuple[int, int]
     halo_px: int
-    tiles: tuple[Tile, ...]
+    tiles: tuple[tilegrid.Tile, ...]
     overview: dict[str, np.ndarray]  # maps of the binned whole-field fit
     factor: int  # its binning
-    corrections: dict[str, np.ndarray]  # map -> (n_tiles, k) from reconcile
+    corrections: dict[str, np.ndarray]  # map -> (n_tiles, k) from tilegrid.reconcile
     offsets: dict[str, float]  # map -> constant removed from the whole field
 
 
@@ -501,7 +248,7 @@ def stitch_chunk(job: StitchJob, index: int) -> None:
 
     target = job.tiles[index]
     y0, y1, x0, x1 = target.core
-    blended = {name: np.zeros((y1 - y0, x1 - x0)) for name in MAPS}
+    blended = {name: np.zeros((y1 - y0, x1 - x0)) for name in resume.MAPS}
     for i, tile in enumerate(job.tiles):
         if abs(tile.row - target.row) > 1 or abs(tile.col - target.col) > 1:
             continue
@@ -510,16 +257,16 @@ def stitch_chunk(job: StitchJob, index: int) -> None:
         xs = slice(max(x0, tile.window[2]) - wx0, min(x1, tile.window[3]) - wx0)
         if ys.start >= ys.stop or xs.start >= xs.stop:
             continue
-        weight = blend_weights(tile, job.shape, job.halo_px)[ys, xs]
+        weight = tilegrid.blend_weights(tile, job.shape, job.halo_px)[ys, xs]
         if not weight.any():
             continue
         out = (slice(ys.start + wy0 - y0, ys.stop + wy0 - y0), slice(xs.start + wx0 - x0, xs.stop + wx0 - x0))
         maps = anchored_maps(Path(job.records), tile, job.overview, job.factor)
-        for name in MAPS:
-            fix = correction(tile, job.shape, job.corrections[name][i])[ys, xs]
+        for name in resume.MAPS:
+            fix = tilegrid.correction(tile, job.shape, job.corrections[name][i])[ys, xs]
             blended[name][out] += weight * (maps[name][ys, xs] + fix)
     group = zarr.open_group(job.out, mode="r+")
-    for name in MAPS:
+    for name in resume.MAPS:
         values = blended[name] - job.offsets[name]
         group[name][y0:y1, x0:x1] = (np.exp(values) if name == "amplitude" else values).astype(np.float32)
 
@@ -543,7 +290,7 @@ def store_tiling(store: str | Path, tile_px: int, halo_px: int | None) -> tuple[
     if max(shape) <= tile_px:
         return 1, tile_memory_mb(max(shape), n_images)
     halo = series_halo_px(ds, halo_px)
-    return len(tile_grid(shape, tile_px, halo)), tile_memory_mb(tile_px + 4 * halo, n_images)
+    return len(tilegrid.tile_grid(shape, tile_px, halo)), tile_memory_mb(tile_px + 4 * halo, n_images)
 
 
 def series_halo_px(ds: xr.Dataset, halo_px: int | None) -> int:
@@ -565,7 +312,7 @@ def reconstruct_tiled(
     store: str | Path,
     out: str | Path,
     records_root: str | Path,
-    settings: reconstruct.Settings,
+    settings: optimise.Settings,
     tiling: TilingSettings,
     progress: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
@@ -581,7 +328,7 @@ def reconstruct_tiled(
     pixel = float(ds.attrs["pixel_size_nm"])
     shape = (ds.sizes["y"], ds.sizes["x"])
     halo = series_halo_px(ds, tiling.halo_px)
-    tiles = tile_grid(shape, tiling.tile_px, halo)
+    tiles = tilegrid.tile_grid(shape, tiling.tile_px, halo)
     canvas_px = max(max(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in tiles) + 2 * halo
     tile_mb = tile_memory_mb(canvas_px, nominal.size)
     if tiling.scheduler == "slurm":
@@ -589,7 +336,7 @@ def reconstruct_tiled(
         workers, torch_threads = min(tiling.slurm.jobs, len(tiles) + 1), tiling.slurm.cores
     else:
         workers, torch_threads = cluster.plan_workers(tiling.threads, tiling.memory_mb, len(tiles), tile_mb)
-    fingerprint = settings_fingerprint(settings, microscope, nominal, pixel, shape, tiling.tile_px, halo)
+    fingerprint = resume.settings_fingerprint(settings, microscope, nominal, pixel, shape, tiling.tile_px, halo)
     records_root = Path(records_root)
     records = records_root / fingerprint
     if records_root.is_dir():
@@ -623,7 +370,7 @@ def reconstruct_tiled(
     )
     with cluster.dask_client(tiling.scheduler, workers, slurm) as client:
         summaries = _run_tiles(client, job, tiles, factor, progress)
-        overview = {name: np.asarray(values) for name, values in load_maps(records / OVERVIEW).items()}
+        overview = {name: np.asarray(values) for name, values in resume.load_maps(records / resume.OVERVIEW).items()}
         corrections, offsets = _reconciliation(tiles, records, shape, halo, overview, factor)
         params = combine_parameters([summaries[t.name] for t in tiles])
         result = _lazy_result(shape, tiling.tile_px, params)
@@ -647,14 +394,14 @@ def reconstruct_tiled(
     return io.open_store(out)
 
 
-def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -> dict[str, dict]:
+def _run_tiles(client, job: TileJob, tiles: list[tilegrid.Tile], factor: int, progress) -> dict[str, dict]:
     """Every tile's fit and the binned whole-field fit (counted as one more tile), as Dask tasks;
     their summaries by name, logged with progress as they finish."""
     from distributed import as_completed
 
     futures = [client.submit(run_overview, job, factor, pure=False)]
     futures += client.map(run_tile, [job] * len(tiles), tiles, pure=False)
-    names = {f.key: name for f, name in zip(futures, [OVERVIEW] + [t.name for t in tiles], strict=True)}
+    names = {f.key: name for f, name in zip(futures, [resume.OVERVIEW] + [t.name for t in tiles], strict=True)}
     total = len(futures)
     pending = as_completed(futures)
     del futures  # held by `pending` alone, each until it is released below
@@ -686,26 +433,33 @@ def _run_tiles(client, job: TileJob, tiles: list[Tile], factor: int, progress) -
 
 
 def _reconciliation(
-    tiles: list[Tile], records: Path, shape: tuple[int, int], halo: int, overview: dict[str, np.ndarray], factor: int
+    tiles: list[tilegrid.Tile],
+    records: Path,
+    shape: tuple[int, int],
+    halo: int,
+    overview: dict[str, np.ndarray],
+    factor: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Least-squares corrections of every map (phase and TIE phase: constant and gradient; log
     amplitude: constant) and the constant that then gives each stitched map zero mean (the
     amplitude keeps the mean of the tiles)."""
-    pairs: dict[str, list] = {name: [] for name in MAPS}
-    for i, j in neighbours(tiles):
+    pairs: dict[str, list] = {name: [] for name in resume.MAPS}
+    for i, j in tilegrid.neighbours(tiles):
         a, b = (anchored_maps(records, tiles[k], overview, factor) for k in (i, j))
-        for name in MAPS:
-            moments = overlap_moments(tiles[i], tiles[j], a[name], b[name], shape, halo, TERMS[name])
+        for name in resume.MAPS:
+            moments = tilegrid.overlap_moments(tiles[i], tiles[j], a[name], b[name], shape, halo, tilegrid.TERMS[name])
             if moments is not None:
                 pairs[name].append((i, j, *moments))
-    corrections = {name: reconcile(len(tiles), TERMS[name], pairs[name]) for name in MAPS}
+    corrections = {name: tilegrid.reconcile(len(tiles), tilegrid.TERMS[name], pairs[name]) for name in resume.MAPS}
     # The stitched mean is a sum over tiles of weight x (map + correction): no pass over the field.
     totals = dict.fromkeys(("phase", "tie_phase"), 0.0)
     for i, tile in enumerate(tiles):
         maps = anchored_maps(records, tile, overview, factor)
-        weight = blend_weights(tile, shape, halo)
+        weight = tilegrid.blend_weights(tile, shape, halo)
         for name in totals:
-            totals[name] += float(np.sum(weight * (maps[name] + correction(tile, shape, corrections[name][i]))))
+            totals[name] += float(
+                np.sum(weight * (maps[name] + tilegrid.correction(tile, shape, corrections[name][i])))
+            )
     offsets = {name: total / (shape[0] * shape[1]) for name, total in totals.items()}
     offsets["amplitude"] = 0.0
     return corrections, offsets

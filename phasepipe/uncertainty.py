@@ -22,8 +22,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from phasepipe.model import ForwardModel, misfit_per_image
+from phasepipe.optimise import Settings, fit
 from phasepipe.parameters import ParameterOptions, Parameters, outputs, refined_tensors
-from phasepipe.reconstruct import ForwardModel, Settings, fit, misfit_per_image
 
 log = logging.getLogger(__name__)
 

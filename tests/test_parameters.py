@@ -11,7 +11,8 @@ import torch
 import xarray as xr
 import yaml
 
-from phasepipe import aggregate, configuration, fused, parameters, reconstruct, simulate, tiling
+from phasepipe import aggregate, configuration, fused, optimise, parameters, reconstruct, simulate, tiling
+from phasepipe.model import ForwardModel
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 NOMINAL = np.array([-0.4e6, 0.0, 0.4e6])
@@ -61,13 +62,13 @@ def _series(drift: float, n: int = 64) -> np.ndarray:
     truth = parameters.Parameters(phase, np.ones((n, n)), NOMINAL, microscope, 1)
     with torch.no_grad():
         truth.dark_drift.fill_(drift)
-        images = reconstruct.ForwardModel((n, n), 5.0, microscope, "cpu")(truth, False)
+        images = ForwardModel((n, n), 5.0, microscope, "cpu")(truth, False)
     return images.numpy() * (1 + 0.02 * rng.standard_normal(images.shape))
 
 
 def test_a_parameter_added_by_one_entry_is_recovered_written_and_tabulated(toy):
     images = _series(TRUE_DRIFT)
-    settings = reconstruct.Settings(refine=("dark_drift",), coarse_factor=1, max_iterations=1500)
+    settings = optimise.Settings(refine=("dark_drift",), coarse_factor=1, max_iterations=1500)
     result = reconstruct.reconstruct(images, NOMINAL, 5.0, parameters.Microscope(), settings, margin_px=0)
     assert result.values["dark_drift"] == pytest.approx(TRUE_DRIFT, abs=0.005)  # measured 0.1018
     assert 0 < result.stds["dark_drift"] < 0.005  # measured 5e-4
@@ -105,7 +106,7 @@ def test_the_fast_path_hands_a_parameter_it_does_not_model_to_autograd(toy):
     """Registered but not covered by the fast path: its term is in the images and, refined, it gets
     a gradient, because the objective takes autograd rather than leave it out."""
     images = torch.as_tensor(_series(TRUE_DRIFT, n=32), dtype=torch.float32)
-    model = reconstruct.ForwardModel((32, 32), 5.0, parameters.Microscope(), "cpu")
+    model = ForwardModel((32, 32), 5.0, parameters.Microscope(), "cpu")
     params = parameters.Parameters(np.zeros((32, 32)), np.ones((32, 32)), NOMINAL, parameters.Microscope(), 1)
     assert "dark_drift" not in fused.COVERS
     for name, value in params.named_parameters():

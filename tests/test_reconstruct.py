@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from phasepipe import align, cli, fused, io, metrics, parameters, reconstruct, simulate, uncertainty
+from phasepipe import align, cli, fused, io, metrics, optimise, parameters, reconstruct, simulate, uncertainty
+from phasepipe.model import ForwardModel, misfit_per_image
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 PIXEL_NM = 5.0
@@ -27,7 +28,7 @@ def float64_problem(n: int = 32):
     rng = np.random.default_rng(0)
     microscope = parameters.Microscope()
     nominal = np.array([-1.6e6, 0.0, 1.6e6])
-    model = reconstruct.ForwardModel((n, n), PIXEL_NM, microscope, "cpu")
+    model = ForwardModel((n, n), PIXEL_NM, microscope, "cpu")
     model.qy, model.qx, model.q2 = model.qy.double(), model.qx.double(), model.q2.double()
     phase = smooth_field(n, 2.0, rng)
     truth = parameters.Parameters(phase, np.exp(0.1 * smooth_field(n, 3.0, rng)), 1.03 * nominal, microscope, 1)
@@ -87,7 +88,7 @@ def float32_problem(n: int = 64, margin: int = 0):
     if margin:
         measured = np.zeros((n, n))
         measured[margin:-margin, margin:-margin] = 1
-    model = reconstruct.ForwardModel((n, n), PIXEL_NM, microscope, "cpu", measured)
+    model = ForwardModel((n, n), PIXEL_NM, microscope, "cpu", measured)
     phase = 3 * smooth_field(n, 2.0, rng)
     truth = parameters.Parameters(phase, np.exp(0.1 * smooth_field(n, 3.0, rng)), 1.03 * nominal, microscope, 2)
     with torch.no_grad():
@@ -127,7 +128,7 @@ def test_fast_misfit_and_gradients_equal_autograd(refine_shifts, margin):
     assert type(fast_loss.grad_fn).__name__ == "_SeriesMisfitFunctionBackward"
     assert not fast_misfit.requires_grad
     fast_loss.backward()
-    per_image = reconstruct.misfit_per_image(model(plain, refine_shifts), data, model.measured)
+    per_image = misfit_per_image(model(plain, refine_shifts), data, model.measured)
     plain_misfit = torch.sum(per_image * active) / active.sum()
     plain_tv = reference_total_variation(plain.phase)
     (plain_misfit + tv_weight * plain_tv).backward()
@@ -204,7 +205,7 @@ def test_refined_shifts_keep_a_tilt_pattern_and_drop_a_common_shift():
 )
 def test_continuation_schedule(defocus_nm, expected):
     """Focus and the smallest |defocus| start together; each further |defocus| level one step later."""
-    np.testing.assert_array_equal(reconstruct.continuation_schedule(np.array(defocus_nm), 150), expected)
+    np.testing.assert_array_equal(optimise.continuation_schedule(np.array(defocus_nm), 150), expected)
 
 
 def test_auto_tv_weight_follows_the_noise_above_a_floor():
@@ -256,7 +257,7 @@ def test_reconstruction_beats_tie_and_refines_defocus():
     )
     images, truth = simulate.simulate_series(spec)
     result = reconstruct.reconstruct(
-        images, FIVE, PIXEL_NM, parameters.Microscope(), reconstruct.Settings(max_iterations=800)
+        images, FIVE, PIXEL_NM, parameters.Microscope(), optimise.Settings(max_iterations=800)
     )
     true_phase = truth["phase"].values
     acc = metrics.phase_accuracy(result.phase, true_phase, border_px=8)
@@ -283,19 +284,19 @@ def test_phase_slips_are_undone_without_changing_the_wave():
     slipped[5, 40] += 2 * np.pi
     slipped[40, 11] -= 4 * np.pi
     phase = torch.tensor(slipped, dtype=torch.float64)
-    moved = reconstruct.undo_phase_slips(phase)
+    moved = optimise.undo_phase_slips(phase)
     assert moved == disk.sum() + 2
     np.testing.assert_allclose(phase.numpy(), smooth, atol=1e-12)
     np.testing.assert_allclose(np.exp(1j * phase.numpy()), np.exp(1j * slipped), atol=1e-12)
     # Nothing steeper than pi: nothing is tried.
-    assert reconstruct.undo_phase_slips(torch.tensor(smooth)) is None
+    assert optimise.undo_phase_slips(torch.tensor(smooth)) is None
 
 
 def test_a_phase_that_is_not_finite_is_left_to_the_fit_to_report():
     """undo_phase_slips leaves a NaN phase alone (skimage's unwrapping of one never returns)."""
     phase = torch.zeros(16, 16)
     phase[3, 4] = torch.nan
-    assert reconstruct.undo_phase_slips(phase) is None
+    assert optimise.undo_phase_slips(phase) is None
     assert torch.isnan(phase[3, 4]) and torch.count_nonzero(phase.nan_to_num()) == 0
 
 
@@ -309,7 +310,7 @@ def test_island_edge_is_not_left_two_pi_short():
     )
     images, truth = simulate.simulate_series(spec)
     result = reconstruct.reconstruct(
-        images, np.asarray(spec.defocus_nominal_nm), PIXEL_NM, parameters.Microscope(), reconstruct.Settings()
+        images, np.asarray(spec.defocus_nominal_nm), PIXEL_NM, parameters.Microscope(), optimise.Settings()
     )
     assert metrics.phase_accuracy(result.phase, truth["phase"].values) >= 0.99
     outer = [0, 2]
@@ -340,7 +341,7 @@ def test_drift_costs_no_accuracy_after_alignment():
             FIVE,
             PIXEL_NM,
             parameters.Microscope(),
-            reconstruct.Settings(refine=("defocus", "shifts"), max_iterations=1500),
+            optimise.Settings(refine=("defocus", "shifts"), max_iterations=1500),
         )
         acc[drift] = metrics.phase_accuracy(result.phase, truth["phase"].values, border_px=8)
     assert acc[0.0] > 0.99
@@ -377,7 +378,7 @@ def test_resampled_parameters_keep_the_maps_and_the_microscope():
     assert float(fine.shifts.detach().abs().max()) == 0.0
 
 
-def aligned_reconstruction(series: str, drift_px: float, settings: reconstruct.Settings):
+def aligned_reconstruction(series: str, drift_px: float, settings: optimise.Settings):
     """A demo series simulated with ``drift_px``, aligned and reconstructed as the pipeline does:
     (truth, registration, reconstruction)."""
     spec = next(s for s in simulate.demo_campaign() if s.series == series)
@@ -401,7 +402,7 @@ def test_stripe_island_without_drift_as_accurate_as_with():
     gets wrong (Lorentz deflection, in proportion to defocus), which the refined drift takes up."""
     acc = {}
     for drift in (0.0, 3.0):
-        truth, _, result = aligned_reconstruction("s03_stripes", drift, reconstruct.Settings())
+        truth, _, result = aligned_reconstruction("s03_stripes", drift, optimise.Settings())
         acc[drift] = metrics.phase_accuracy(result.phase, truth["phase"].values)
     assert acc[3.0] > 0.985
     assert abs(acc[0.0] - acc[3.0]) < 0.012
@@ -416,7 +417,7 @@ def test_recovered_drift_of_a_skyrmion_island():
     drift the data identify weakly (docs/physics.md, Alignment), within 0.35 px of them; better
     than the alignment alone."""
     truth, registration, result = aligned_reconstruction(
-        "s02_skyrmions", 3.0, reconstruct.Settings(refine=("defocus", "shifts"))
+        "s02_skyrmions", 3.0, optimise.Settings(refine=("defocus", "shifts"))
     )
     true_shifts = np.stack([truth["shift_y_px"].values, truth["shift_x_px"].values], axis=1)
     nominal = truth["defocus_nominal_nm"].values
@@ -457,7 +458,7 @@ def test_beam_divergence_is_recovered_from_a_factor_two_off():
     )
     images, _ = simulate.simulate_series(spec)
     start = parameters.Microscope(beam_divergence_mrad=2 * spec.beam_divergence_mrad)
-    settings = reconstruct.Settings(refine=("defocus", "beam_divergence"), max_iterations=1500)
+    settings = optimise.Settings(refine=("defocus", "beam_divergence"), max_iterations=1500)
     result = reconstruct.reconstruct(images, FIVE, PIXEL_NM, start, settings)
     assert result.values["beam_divergence_mrad"] == pytest.approx(spec.beam_divergence_mrad, rel=0.2)
     assert result.stds["beam_divergence_mrad"] > 0
@@ -468,7 +469,7 @@ def test_uncertainty_is_the_curvature_of_the_misfit():
     L the misfit, M the number of data values and H the misfit's second derivative in log theta
     (central differences here, autograd's Hessian in the code); what is not refined gets 0."""
     model, params, data = float64_problem()
-    settings = reconstruct.Settings(refine=("beam_divergence",))
+    settings = optimise.Settings(refine=("beam_divergence",))
     std = uncertainty.curvature_std(model, params, data, settings)
 
     def misfit(log_theta: float) -> float:
@@ -490,10 +491,10 @@ def test_a_diverging_fit_stops_with_a_message_naming_the_iteration():
     misfit NaN from the second iteration on: the fit stops there rather than return maps of NaN."""
     model, params, data = float64_problem()
     options = {**parameters.default_options(), "log_amplitude": parameters.ParameterOptions(lr=1e3)}
-    settings = reconstruct.Settings(refine=("defocus",), max_iterations=50, options=options)
+    settings = optimise.Settings(refine=("defocus",), max_iterations=50, options=options)
     message = r"misfit nan at iteration 2 of the 32 x 32 px fit \(defocus_nm \["
-    with pytest.raises(reconstruct.FitDiverged, match=message):
-        reconstruct.fit(model, params, data, settings, tv_weight=1e-3)
+    with pytest.raises(optimise.FitDiverged, match=message):
+        optimise.fit(model, params, data, settings, tv_weight=1e-3)
 
 
 def test_uncertainty_of_a_non_finite_curvature_is_nan_for_what_was_refined():
@@ -502,7 +503,7 @@ def test_uncertainty_of_a_non_finite_curvature_is_nan_for_what_was_refined():
     model, params, data = float64_problem()
     with torch.no_grad():
         params.log_amplitude.fill_(400.0)  # |psi|^2 = e^1600 overflows float64
-    settings = reconstruct.Settings(refine=("defocus", "beam_divergence"))
+    settings = optimise.Settings(refine=("defocus", "beam_divergence"))
     std = uncertainty.curvature_std(model, params, data, settings)
     assert np.isnan(std["defocus_nm"][[0, 2]]).all() and np.isnan(std["beam_divergence_mrad"])
     assert std["defocus_nm"][1] == 0 and std["defocus_spread_nm"] == 0 and (std["shifts_px"] == 0).all()

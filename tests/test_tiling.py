@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from doc_text import documented
 
-from phasepipe import cli, cluster, configuration, io, metrics, parameters, reconstruct, simulate, tiling
+from phasepipe import cli, cluster, configuration, io, metrics, parameters, reconstruct, simulate, tilegrid, tiling
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 
@@ -23,7 +23,7 @@ FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 def test_tiles_cover_the_field_once_and_windows_add_the_halo():
     """Cores tile the field exactly once (the last row and column shorter); windows are the cores
     widened by the halo and clipped to the field."""
-    tiles = tiling.tile_grid((100, 130), 48, 8)
+    tiles = tilegrid.tile_grid((100, 130), 48, 8)
     covered = np.zeros((100, 130), int)
     for t in tiles:
         y0, y1, x0, x1 = t.core
@@ -35,16 +35,16 @@ def test_tiles_cover_the_field_once_and_windows_add_the_halo():
 
 def test_blend_weights_sum_to_one_and_vanish_in_the_outer_half_of_the_halo():
     shape, halo = (100, 130), 12
-    tiles = tiling.tile_grid(shape, 40, halo)
+    tiles = tilegrid.tile_grid(shape, 40, halo)
     total = np.zeros(shape)
     for t in tiles:
         ys, xs = t.window_slices()
-        weights = tiling.blend_weights(t, shape, halo)
+        weights = tilegrid.blend_weights(t, shape, halo)
         total[ys, xs] += weights
         assert weights.min() >= 0
     np.testing.assert_allclose(total, 1.0, atol=1e-12)
     middle = tiles[4]  # the centre tile: neighbours on every side
-    weights = tiling.blend_weights(middle, shape, halo)
+    weights = tilegrid.blend_weights(middle, shape, halo)
     assert weights[: halo // 2].max() == 0 and weights[:, -(halo // 2) :].max() == 0
     assert weights[halo + halo // 2 : -(halo + halo // 2), halo + halo // 2 : -(halo + halo // 2)].min() == 1
 
@@ -66,8 +66,8 @@ def test_auto_halo_covers_the_fresnel_spread(beam_divergence_mrad, defocus_nm, e
 
 
 def test_tile_smaller_than_twice_the_halo_is_refused_naming_the_key():
-    with pytest.raises(tiling.TilingError, match="tile_px 64 is smaller than twice the halo"):
-        tiling.tile_grid((256, 256), 64, 40)
+    with pytest.raises(tilegrid.TilingError, match="tile_px 64 is smaller than twice the halo"):
+        tilegrid.tile_grid((256, 256), 64, 40)
 
 
 @pytest.mark.parametrize(
@@ -116,18 +116,18 @@ def test_reconcile_recovers_each_tiles_constant_and_gradient():
     shape, halo = (160, 160), 16
     y, x = np.mgrid[: shape[0], : shape[1]]
     field = np.sin(2 * np.pi * x / 57) + np.cos(2 * np.pi * y / 41) + 1e-4 * (x - 80) ** 2
-    tiles = tiling.tile_grid(shape, 48, halo)
-    maps = [field[t.window_slices()] - tiling.correction(t, shape, rng.normal(size=3) * [2, 4, 4]) for t in tiles]
+    tiles = tilegrid.tile_grid(shape, 48, halo)
+    maps = [field[t.window_slices()] - tilegrid.correction(t, shape, rng.normal(size=3) * [2, 4, 4]) for t in tiles]
     pairs = []
-    for i, j in tiling.neighbours(tiles):
-        moments = tiling.overlap_moments(tiles[i], tiles[j], maps[i], maps[j], shape, halo, 3)
+    for i, j in tilegrid.neighbours(tiles):
+        moments = tilegrid.overlap_moments(tiles[i], tiles[j], maps[i], maps[j], shape, halo, 3)
         if moments is not None:
             pairs.append((i, j, *moments))
-    theta = tiling.reconcile(len(tiles), 3, pairs)
+    theta = tilegrid.reconcile(len(tiles), 3, pairs)
     assert np.allclose(theta.sum(axis=0), 0)  # minimum norm: the field keeps the tiles' mean
     stitched = np.zeros(shape)
     for t, m, th in zip(tiles, maps, theta, strict=True):
-        stitched[t.window_slices()] += tiling.blend_weights(t, shape, halo) * (m + tiling.correction(t, shape, th))
+        stitched[t.window_slices()] += tilegrid.blend_weights(t, shape, halo) * (m + tilegrid.correction(t, shape, th))
     residual = (stitched - field).ravel()
     basis = np.stack([np.ones(residual.size), y.ravel(), x.ravel()], axis=1)
     plane = basis @ np.linalg.lstsq(basis, residual, rcond=None)[0]

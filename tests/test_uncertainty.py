@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phasepipe import corpus, parameters, reconstruct, simulate, uncertainty
+from phasepipe import corpus, optimise, parameters, reconstruct, simulate, uncertainty
 
 
 def test_a_field_too_small_for_sub_fields_has_no_sub_field_estimate():
@@ -21,7 +21,7 @@ def test_a_field_too_small_for_sub_fields_has_no_sub_field_estimate():
         1.0,
         5.0,
         parameters.Microscope(),
-        reconstruct.Settings(),
+        optimise.Settings(),
         1e-2,
     )
     assert np.isnan(std) and factors.size == 0
@@ -39,7 +39,7 @@ def test_the_sub_fields_widen_the_std_of_a_calibration_the_images_barely_pin():
     outer = [0, 2]
     std = {}
     for subfields in (False, True):
-        settings = reconstruct.Settings(refine=("defocus",), subfield_uncertainty=subfields)
+        settings = optimise.Settings(refine=("defocus",), subfield_uncertainty=subfields)
         result = reconstruct.reconstruct(images, nominal, 5.0, parameters.Microscope(), settings)
         std[subfields] = result.stds["defocus_nm"][outer]
     error = np.abs(result.values["defocus_nm"][outer] - truth["defocus_nm"].values[outer])

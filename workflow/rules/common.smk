@@ -10,7 +10,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from phasepipe import io, reconstruct, sheet, simulate, status
+from phasepipe import io, optimise, sheet, simulate, status
 
 # The phasepipe of the Python that runs Snakemake, whatever PATH holds (a clean shell, cron, a
 # SLURM job); SLURM jobs run Snakemake with that same Python.
@@ -102,7 +102,7 @@ MEM_MB = {  # stage: (fixed MB, MB per MB of series)
 RECONSTRUCT_S_PER_MB = 2.0
 ITERATION_S_PER_MB = 0.02
 MAX_ITERATIONS = (
-    reconstruct.Settings.max_iterations
+    optimise.Settings.max_iterations
     if config["reconstruction"]["iterations"] == "auto"
     else int(config["reconstruction"]["iterations"])
 )
