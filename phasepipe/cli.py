@@ -133,11 +133,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
             level * 1e-6,
         )
     try:
-        if ds.sizes["y"] <= tiles.tile_px and ds.sizes["x"] <= tiles.tile_px:
-            # One tile: the whole-field fit, exactly as without tiling.
-            out = _reconstruct_whole(ds.load(), settings, args.out)
-        else:
-            out = _reconstruct_tiles(args, settings, tiles, series)
+        out = _reconstruct(args, settings, tiles, series)
     except (tilegrid.TilingError, cluster.ClusterError) as exc:
         log.error("%s: %s", series, exc)
         sys.exit(2)
@@ -155,42 +151,36 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     )
 
 
-def _reconstruct_tiles(args: argparse.Namespace, settings, tiles, series: str):
-    """Tile by tile, with a bar of tiles done when a person is watching."""
+def _reconstruct(args: argparse.Namespace, settings, tiles, series: str):
+    """Whole or tiled (:func:`phasepipe.tiling.reconstruct_store`), with a bar of iterations or of
+    tiles when a person is watching."""
     from phasepipe import tiling
 
-    bar = _progress_bar(None, series, "tile")
+    bars = {}
 
-    def update(done: int, total: int) -> None:
-        bar.total, bar.n = total, done
-        bar.refresh()
+    def bar(unit: str, total: int | None):
+        if unit not in bars:
+            bars[unit] = _progress_bar(total, series, unit)
+        return bars[unit]
+
+    def iteration(it: int, loss: float) -> None:
+        if (shown := bar("it", settings.max_iterations)) is not None:
+            shown.update(1)
+            if it % 20 == 0:
+                shown.set_postfix(misfit=f"{loss:.3e}")
+
+    def tiles_done(done: int, total: int) -> None:
+        if (shown := bar("tile", None)) is not None:
+            shown.total, shown.n = total, done
+            shown.refresh()
 
     records = args.records or f"{Path(args.out).with_suffix('')}.tiles"
     try:
-        return tiling.reconstruct_tiled(args.input, args.out, records, settings, tiles, None if bar is None else update)
+        return tiling.reconstruct_store(args.input, args.out, records, settings, tiles, iteration, tiles_done)
     finally:
-        if bar is not None:
-            bar.close()
-
-
-def _reconstruct_whole(ds, settings, out: str):
-    """The whole field in one fit, with an iteration bar when a person is watching."""
-    from phasepipe import io, reconstruct
-
-    bar = _progress_bar(settings.max_iterations, ds.attrs["series"], "it")
-
-    def update(it: int, loss: float) -> None:
-        bar.update(1)
-        if it % 20 == 0:
-            bar.set_postfix(misfit=f"{loss:.3e}")
-
-    try:
-        result = reconstruct.reconstruct_dataset(ds, settings, None if bar is None else update)
-    finally:
-        if bar is not None:
-            bar.close()
-    io.write_store(result, out)
-    return result
+        for shown in bars.values():
+            if shown is not None:
+                shown.close()
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:

@@ -308,6 +308,27 @@ def format_progress(done: int, total: int, computed: int, elapsed_s: float) -> s
     return f"tiles {done}/{total}, {rate:.2f} tiles/min, ETA {eta}"
 
 
+def reconstruct_store(
+    store: str | Path,
+    out: str | Path,
+    records_root: str | Path,
+    settings: optimise.Settings,
+    tiling: TilingSettings,
+    on_iteration: Callable[[int, float], None] | None = None,
+    on_tiles: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """Reconstruct the aligned series ``store`` into the store ``out``, the one entry point: a
+    field no larger than ``tiling.tile_px`` whole, exactly as without tiling (``on_iteration(it,
+    misfit)`` follows its fit), a larger one tile by tile (:func:`reconstruct_tiled`, which
+    ``on_tiles(done, total)`` follows). Returns the reconstructed Dataset."""
+    ds = io.open_store(store)
+    if ds.sizes["y"] <= tiling.tile_px and ds.sizes["x"] <= tiling.tile_px:
+        result = reconstruct.reconstruct_dataset(ds.load(), settings, on_iteration)
+        io.write_store(result, out)
+        return result
+    return reconstruct_tiled(store, out, records_root, settings, tiling, on_tiles)
+
+
 def reconstruct_tiled(
     store: str | Path,
     out: str | Path,

@@ -15,7 +15,19 @@ import numpy as np
 import pytest
 from doc_text import documented
 
-from phasepipe import cli, cluster, configuration, io, metrics, parameters, reconstruct, simulate, tilegrid, tiling
+from phasepipe import (
+    cli,
+    cluster,
+    configuration,
+    io,
+    metrics,
+    optimise,
+    parameters,
+    reconstruct,
+    simulate,
+    tilegrid,
+    tiling,
+)
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
 
@@ -246,6 +258,22 @@ def test_tiled_reconstruction_matches_the_untiled_one(tmp_path, aligned_store):
     }
     for title, names in extra.items():
         assert documented(title)[1] == names, title
+
+
+def test_one_entry_point_fits_a_field_within_a_tile_whole_and_a_larger_one_tiled(tmp_path, aligned_store):
+    spec = simulate.SeriesSpec("one", "skyrmions", size_px=96, defocus_nominal_nm=FIVE, drift_px=0.0, seed=2)
+    store, _ = aligned_store(tmp_path / "aligned.zarr", spec)
+    settings = optimise.Settings(refine=("defocus",), max_iterations=20, converge=False)
+    results = {}
+    for tile_px in (96, 48):
+        tiles = tiling.tiling_from_config({"tile_px": tile_px, "halo_px": 16}, {"scheduler": "threads"}, 1, None)
+        out = tmp_path / f"{tile_px}.zarr"
+        results[tile_px] = tiling.reconstruct_store(store, out, tmp_path / f"records-{tile_px}", settings, tiles)
+        assert io.open_store(out)["phase"].shape == (96, 96)
+    whole = reconstruct.reconstruct_dataset(io.open_store(store).load(), settings)
+    np.testing.assert_array_equal(results[96]["phase"].values, whole["phase"].values)
+    assert "tiles" not in results[96].attrs
+    assert results[48].attrs["tiles"] == 4
 
 
 def test_a_diverged_tile_fails_its_series_naming_the_tile(tmp_path, aligned_store, monkeypatch):
