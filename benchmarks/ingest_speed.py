@@ -6,11 +6,11 @@ time of reading those bytes from disk and writing them once to Zarr".
 What is measured, in one run on this machine:
 
 * a random float32 series (gamma-distributed counts) is written as a calibrated ImageJ TIFF with
-  :func:`phasepipe.io.write_tiff`;
+  :func:`phasepipe.imagefiles.write_tiff`;
 * baseline: ``tifffile.imread`` of that file, then one write of the array to a Zarr v3 store with
   the chunking :func:`phasepipe.io.write_store` uses (whole image axis x 512 x 512) and zarr's
   default codecs, which are the ones ``xarray.Dataset.to_zarr`` picks for it too;
-* ingest: :func:`phasepipe.io.ingest` + :func:`phasepipe.io.write_store`, the whole stage as
+* ingest: :func:`phasepipe.ingest.ingest` + :func:`phasepipe.io.write_store`, the whole stage as
   ``phasepipe ingest`` runs it.
 
 After an untimed warm-up on a small series, the two are run alternately ``--repeat`` times and
@@ -39,7 +39,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from phasepipe import io, sheet
+from phasepipe import imagefiles, ingest, io, sheet
 
 PIXEL_SIZE_NM = 5.0
 MICROSCOPE = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
@@ -50,7 +50,7 @@ def make_series(workdir: Path, size: int, images: int, seed: int = 0, name: str 
     rng = np.random.default_rng(seed)
     data = rng.gamma(shape=10.0, scale=100.0, size=(images, size, size)).astype(np.float32)
     path = workdir / f"{name}.tif"
-    io.write_tiff(path, data, PIXEL_SIZE_NM)
+    imagefiles.write_tiff(path, data, PIXEL_SIZE_NM)
     return path
 
 
@@ -65,7 +65,7 @@ def baseline(tiff: Path, store: Path, chunk_px: int = 512) -> None:
 
 def ingest_stage(row: sheet.SeriesRow, store: Path) -> None:
     """The ingest stage as the CLI runs it: ingest, then write the store."""
-    ds = io.ingest(row, MICROSCOPE)
+    ds = ingest.ingest(row, MICROSCOPE)
     io.write_store(ds, store)
 
 
@@ -80,16 +80,16 @@ def breakdown(row: sheet.SeriesRow, tiff: Path, store: Path) -> list[tuple[str, 
     """Seconds of the parts of one ingest, each timed on its own (one pass each)."""
     parts: list[tuple[str, float]] = []
     start = time.perf_counter()
-    stack, _, _ = io.read_images(row.paths(), row.series)
+    stack, _, _ = imagefiles.read_images(row.paths(), row.series)
     parts.append(("read_images (tifffile, float32 stack)", time.perf_counter() - start))
     parts.append(("  of which tifffile.imread alone", timed(lambda: tifffile.imread(tiff))))
-    parts.append(("nonfinite_problem (isfinite scan)", timed(lambda: io.nonfinite_problem(stack))))
-    parts.append(("sha256_file", timed(lambda: io.sha256_file(tiff))))
+    parts.append(("nonfinite_problem (isfinite scan)", timed(lambda: imagefiles.nonfinite_problem(stack))))
+    parts.append(("sha256_file", timed(lambda: imagefiles.sha256_file(tiff))))
     start = time.perf_counter()
-    ds = io.ingest(row, MICROSCOPE)
+    ds = ingest.ingest(row, MICROSCOPE)
     total = time.perf_counter() - start
     named = sum(seconds for label, seconds in parts if not label.startswith(" "))
-    parts.append(("io.ingest total", total))
+    parts.append(("ingest.ingest total", total))
     parts.append(("  of which not in the parts above", total - named))
     parts.append(("io.write_store", timed(lambda: io.write_store(ds, store))))
     return parts

@@ -66,12 +66,12 @@ def _fail(args: argparse.Namespace, failed) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from phasepipe import configuration, io, sheet
+    from phasepipe import configuration, imagefiles, ingest, io, sheet
 
     microscope = json.loads(args.microscope) if args.microscope else configuration.shipped_defaults()["microscope"]
     try:
-        ds = io.ingest(sheet.sheet_row(args.sheet, args.series, microscope), microscope)
-    except io.InputError as exc:
+        ds = ingest.ingest(sheet.sheet_row(args.sheet, args.series, microscope), microscope)
+    except imagefiles.InputError as exc:
         _fail(args, io.failed_dataset(args.series, str(exc), "ingest"))
         return
     io.write_store(ds, args.out)
@@ -265,9 +265,9 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from phasepipe import io
+    from phasepipe import imagefiles
 
-    reports = [io.inspect_file(path) for path in args.files]
+    reports = [imagefiles.inspect_file(path) for path in args.files]
     if args.json:
         print(json.dumps(reports, indent=2))
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from phasepipe import io
+from phasepipe import imagefiles, io
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,6 @@ def export_release(release_dir: Path, out_dir: Path) -> list[Path]:
             if var.dims != ("y", "x"):
                 continue
             path = out_dir / f"{series}_{name}.tif"
-            io.write_tiff(path, var.values, float(ds.attrs["pixel_size_nm"]))
+            imagefiles.write_tiff(path, var.values, float(ds.attrs["pixel_size_nm"]))
             written.append(path)
     return written

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phasepipe import __version__, io
+from phasepipe import __version__, imagefiles, io, sheet
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def release_files(aggregate_dir: Path, stores: list[Path]) -> dict[str, Path]:
 
 
 def _file_checksums(files: dict[str, Path]) -> dict[str, str]:
-    return {name: io.sha256_file(path) for name, path in sorted(files.items())}
+    return {name: imagefiles.sha256_file(path) for name, path in sorted(files.items())}
 
 
 def _place(source: Path, target: Path, link: bool) -> None:
@@ -149,7 +149,7 @@ def publish(aggregate_dir: Path, stores: list[Path], releases_dir: Path, name: s
     inputs = input_checksums(stores)
     fp = fingerprint(config, inputs)
     rid = release_id(fp) if name == "auto" else name
-    if not io.SERIES_ID.match(rid):
+    if not sheet.SERIES_ID.match(rid):
         raise ReleaseError(f"release name {rid!r} is not allowed (letters, digits, '_', '.', '-')")
     files = release_files(aggregate_dir, stores)
     outputs = _file_checksums(files)

@@ -21,7 +21,10 @@ import yaml
 
 from phasepipe import physics
 from phasepipe.configuration import SCHEMA_DIR, violation
-from phasepipe.io import SERIES_ID, UNIT_TO_NM, InputError
+from phasepipe.imagefiles import UNIT_TO_NM, InputError
+
+# A series (and a release) id: a letter or digit, then letters, digits, _ . -
+SERIES_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 REQUIRED_COLUMNS = ("series", "files", "defocus_nm")
 MICROSCOPE_COLUMNS = ("voltage_kv", "cs_mm", "beam_divergence_mrad", "defocus_spread_nm")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import io, physics
+from phasepipe import imagefiles, physics
 from phasepipe.parameters import Microscope
 
 TEXTURES = ("vortex", "skyrmions", "stripes")
@@ -272,7 +272,7 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
     rows = []
     for spec in specs:
         images, truth = simulate_series(spec)
-        io.write_tiff(out_dir / f"{spec.series}.tif", images, spec.pixel_size_nm)
+        imagefiles.write_tiff(out_dir / f"{spec.series}.tif", images, spec.pixel_size_nm)
         truth.to_zarr(out_dir / f"{spec.series}.truth.zarr", mode="w", zarr_format=3, consolidated=False)
         rows.append(
             {

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import xarray as xr
 
-from phasepipe import cli, io
+from phasepipe import cli, imagefiles, io
 
 MICROSCOPE = json.dumps({"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0})
 
@@ -90,7 +90,7 @@ def test_export_writes_calibrated_tiffs_of_every_map(tmp_path, capsys):
         assert tif.imagej_metadata["unit"] == "nm"
         numerator, denominator = tif.pages[0].tags["XResolution"].value
         assert denominator / numerator == pytest.approx(2.5)
-    _, pixel, _ = io.read_tiff(tmp_path / "tiff" / "s1_phase.tif")
+    _, pixel, _ = imagefiles.read_tiff(tmp_path / "tiff" / "s1_phase.tif")
     assert pixel == pytest.approx((2.5, 2.5))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasepipe import cli, io, sheet
+from phasepipe import cli, imagefiles, ingest, sheet
 
 FORMATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "formats"
 DEFAULTS = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
@@ -45,7 +45,7 @@ def test_every_vendor_file_is_expected(formats):
 def test_inspect_file_reports_shape_dtype_and_calibration(formats, name):
     """inspect_file gives format, [n, y, x], the file's dtype and the pixel size in nm."""
     fmt, shape, dtype, pixel = EXPECTED[name]
-    report = io.inspect_file(formats / name)
+    report = imagefiles.inspect_file(formats / name)
     assert report["error"] is None
     assert report["format"] == fmt
     assert report["shape"] == shape
@@ -60,13 +60,13 @@ def test_inspect_file_reports_shape_dtype_and_calibration(formats, name):
 
 def test_non_square_pixels_are_a_problem(formats):
     """2 Å by 1 nm pixels: read in nm per axis, and reported as non-square."""
-    report = io.inspect_file(formats / "dmTest_float32_nonSquare_diffPixelSize.dm3")
+    report = imagefiles.inspect_file(formats / "dmTest_float32_nonSquare_diffPixelSize.dm3")
     assert report["pixel_size_nm"] == pytest.approx([0.2, 1.0])
     assert any("non-square" in p for p in report["problems"])
 
 
 def test_calibrated_square_stack_has_no_problems(formats):
-    report = io.inspect_file(formats / "test_stackbuilder_imagestack.dm3")
+    report = imagefiles.inspect_file(formats / "test_stackbuilder_imagestack.dm3")
     assert report["problems"] == []
 
 
@@ -74,7 +74,7 @@ def test_read_rsciio_returns_the_file_data(formats):
     """read_rsciio gives the array rosettasciio reads, untouched, with the signal axes last."""
     from rsciio.digitalmicrograph import file_reader
 
-    data, pixel, meta = io.read_rsciio(formats / "test_stackbuilder_imagestack.dm3")
+    data, pixel, meta = imagefiles.read_rsciio(formats / "test_stackbuilder_imagestack.dm3")
     (signal,) = file_reader(str(formats / "test_stackbuilder_imagestack.dm3"))
     np.testing.assert_array_equal(data, signal["data"])
     assert pixel == pytest.approx((59.98290330171585, 59.98290330171585))
@@ -136,7 +136,7 @@ def spectrum_msa(tmp_path) -> Path:
 
 
 def test_truncated_dm3_is_refused(truncated_dm3):
-    report = io.inspect_file(truncated_dm3)
+    report = imagefiles.inspect_file(truncated_dm3)
     assert "cut.dm3" in report["error"]
     assert "unreadable or truncated" in report["error"]
     assert report["shape"] is None
@@ -145,7 +145,7 @@ def test_truncated_dm3_is_refused(truncated_dm3):
 @pytest.mark.parametrize("fixture", ["spectrum_tif", "spectrum_msa"])
 def test_spectrum_is_refused_as_1d(request, fixture):
     path = request.getfixturevalue(fixture)
-    report = io.inspect_file(path)
+    report = imagefiles.inspect_file(path)
     assert "1-D data" in report["error"]
     assert "where an image was expected" in report["error"]
     assert path.name in report["error"]
@@ -168,8 +168,8 @@ def test_cli_inspect_exits_non_zero_with_a_line_per_bad_file(formats, truncated_
 
 def test_ingest_refuses_a_truncated_dm3_naming_series_and_file(truncated_dm3):
     row = sheet.SeriesRow("s1", truncated_dm3.name, (0.0,), truncated_dm3.parent)
-    with pytest.raises(io.InputError, match=r"series s1: file .*cut\.dm3 .*truncated"):
-        io.ingest(row, DEFAULTS)
+    with pytest.raises(imagefiles.InputError, match=r"series s1: file .*cut\.dm3 .*truncated"):
+        ingest.ingest(row, DEFAULTS)
 
 
 def test_ingest_dm3_stack_from_sheet(formats, tmp_path):
@@ -183,7 +183,7 @@ def test_ingest_dm3_stack_from_sheet(formats, tmp_path):
         "given\ttest-2-stack.dm3\t-1e5,1e5\t2.5\n"
         "missing\ttest-2-stack.dm3\t-1e5,1e5\t\n"
     )
-    ds = io.ingest(sheet.sheet_row(path, "calibrated"), DEFAULTS)
+    ds = ingest.ingest(sheet.sheet_row(path, "calibrated"), DEFAULTS)
     assert ds["intensity"].shape == (3, 2, 16)
     assert ds.attrs["pixel_size_nm"] == pytest.approx(59.98290330171585)
     assert ds.attrs["source_format"] == "DigitalMicrograph"
@@ -193,12 +193,12 @@ def test_ingest_dm3_stack_from_sheet(formats, tmp_path):
     (signal,) = file_reader(str(formats / "test_stackbuilder_imagestack.dm3"))
     np.testing.assert_array_equal(ds["intensity"].values, signal["data"].astype(np.float32))
 
-    ds = io.ingest(sheet.sheet_row(path, "given"), DEFAULTS)
+    ds = ingest.ingest(sheet.sheet_row(path, "given"), DEFAULTS)
     assert ds["intensity"].shape == (2, 2, 2)
     assert ds.attrs["pixel_size_nm"] == 2.5
 
-    with pytest.raises(io.InputError, match="series missing.*pixel_size_nm"):
-        io.ingest(sheet.sheet_row(path, "missing"), DEFAULTS)
+    with pytest.raises(imagefiles.InputError, match="series missing.*pixel_size_nm"):
+        ingest.ingest(sheet.sheet_row(path, "missing"), DEFAULTS)
 
 
 def test_rsciio_meta_picks_voltage_magnification_exposure_and_time():
@@ -213,7 +213,7 @@ def test_rsciio_meta_picks_voltage_magnification_exposure_and_time():
             },
         }
     }
-    meta = io._rsciio_meta(signal, module)
+    meta = imagefiles._rsciio_meta(signal, module)
     assert meta == {
         "format": "DigitalMicrograph",
         "voltage_kv": 300.0,
@@ -237,7 +237,7 @@ def test_every_vendor_file_ingests(formats, name):
         sheet_dir=formats,
         pixel_size_nm=None if square else 2.5,
     )
-    ds = io.ingest(row, DEFAULTS)
+    ds = ingest.ingest(row, DEFAULTS)
     assert ds["intensity"].dtype == np.float32
     assert list(ds["intensity"].shape) == shape
     step = pixel[1] if square else 2.5

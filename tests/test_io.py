@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import xarray as xr
 
-from phasepipe import io, sheet, simulate
+from phasepipe import imagefiles, ingest, io, sheet, simulate
 
 DEFOCUS = (-1.6e6, 0.0, 1.6e6)
 DEFAULTS = {"voltage_kv": 200.0, "cs_mm": 1.0, "beam_divergence_mrad": 0.01, "defocus_spread_nm": 500.0}
@@ -36,7 +36,7 @@ def images() -> np.ndarray:
 
 def _write_2d(path: Path, image: np.ndarray, pixel_size_nm: float = 5.0) -> None:
     """One calibrated 2-D image file (a 1-page ImageJ TIFF, read back as 2-D)."""
-    io.write_tiff(path, image[None], pixel_size_nm)
+    imagefiles.write_tiff(path, image[None], pixel_size_nm)
 
 
 def _sha256(path: Path) -> str:
@@ -56,7 +56,7 @@ def test_ingest_simulated_campaign(tmp_path):
     """A campaign written by the simulator ingests: float32 (image, y, x), nm coords, nominal defocus, provenance."""
     spec = simulate.SeriesSpec("s1", "vortex", size_px=32, defocus_nominal_nm=DEFOCUS, seed=1, session="day1")
     (row,) = sheet.read_sheet(simulate.write_campaign(tmp_path, [spec]))
-    ds = io.ingest(row, DEFAULTS)
+    ds = ingest.ingest(row, DEFAULTS)
     expected, _ = simulate.simulate_series(spec)
     assert ds["intensity"].dims == ("image", "y", "x")
     assert ds["intensity"].shape == (3, 32, 32)
@@ -76,12 +76,12 @@ def test_ingest_simulated_campaign(tmp_path):
 
 def test_ingest_microscope_overrides_and_pixel_size_from_sheet(tmp_path, images):
     """Sheet columns override the microscope defaults; pixel_size_nm overrides the file's 5 nm calibration."""
-    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    imagefiles.write_tiff(tmp_path / "stack.tif", images, 5.0)
     path = _sheet(
         tmp_path,
         f"{HEADER}|pixel_size_nm|voltage_kv|defocus_spread_nm\ns1|stack.tif|-1.6e6,0,1.6e6|2.5|300|250\n",
     )
-    ds = io.ingest(sheet.sheet_row(path, "s1"), DEFAULTS)
+    ds = ingest.ingest(sheet.sheet_row(path, "s1"), DEFAULTS)
     assert ds.attrs["pixel_size_nm"] == 2.5
     assert float(ds["y"][1] - ds["y"][0]) == pytest.approx(2.5)
     assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(2.5)
@@ -98,7 +98,7 @@ def test_ingest_stacks_2d_files_in_listed_order(tmp_path, images):
     names = ["c.tif", "a.tif", "b.tif"]
     for name, image in zip(names, images, strict=True):
         _write_2d(tmp_path / name, image)
-    ds = io.ingest(_row(tmp_path, ";".join(names)), DEFAULTS)
+    ds = ingest.ingest(_row(tmp_path, ";".join(names)), DEFAULTS)
     assert ds["intensity"].shape == (3, 32, 32)
     np.testing.assert_array_equal(ds["intensity"].values, images)
     assert json.loads(ds.attrs["source_files"]) == {name: _sha256(tmp_path / name) for name in names}
@@ -106,8 +106,8 @@ def test_ingest_stacks_2d_files_in_listed_order(tmp_path, images):
 
 def _refusal(row: sheet.SeriesRow, *parts: str) -> str:
     """ingest(row) raises InputError whose message contains every part; returns the message."""
-    with pytest.raises(io.InputError) as info:
-        io.ingest(row, DEFAULTS)
+    with pytest.raises(imagefiles.InputError) as info:
+        ingest.ingest(row, DEFAULTS)
     message = str(info.value).replace(str(row.sheet_dir), "<dir>")  # test names are in tmp_path
     for part in parts:
         assert part in message, f"{part!r} not in {message!r}"
@@ -116,7 +116,7 @@ def _refusal(row: sheet.SeriesRow, *parts: str) -> str:
 
 def test_ingest_refuses_image_count_differing_from_defocus_list(tmp_path, images):
     """3 images with 4 defocus values is refused, naming series, file and both counts."""
-    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    imagefiles.write_tiff(tmp_path / "stack.tif", images, 5.0)
     _refusal(
         _row(tmp_path, "stack.tif", defocus=(-2e6, -1e6, 0, 1e6)), "series s1", "stack.tif", "3 images", "4 defocus"
     )
@@ -127,7 +127,7 @@ def test_ingest_refuses_nan_pixels(tmp_path, images):
     bad = images.copy()
     bad[1, 5, 5] = np.nan
     bad[2, 0, 0] = np.inf
-    io.write_tiff(tmp_path / "stack.tif", bad, 5.0)
+    imagefiles.write_tiff(tmp_path / "stack.tif", bad, 5.0)
     _refusal(_row(tmp_path, "stack.tif"), "series s1", "stack.tif", "2 NaN or infinite")
 
 
@@ -166,7 +166,7 @@ def test_ingest_refuses_a_truncated_2d_file(tmp_path, images):
 
 def test_ingest_refuses_a_truncated_stack(tmp_path, images):
     """A 3-image stack cut in half is refused, naming series and file."""
-    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    imagefiles.write_tiff(tmp_path / "stack.tif", images, 5.0)
     raw = (tmp_path / "stack.tif").read_bytes()
     (tmp_path / "stack.tif").write_bytes(raw[: len(raw) // 2])
     _refusal(_row(tmp_path, "stack.tif"), "series s1", "stack.tif")
@@ -174,7 +174,7 @@ def test_ingest_refuses_a_truncated_stack(tmp_path, images):
 
 def test_ingest_truncated_stack_message_says_the_file_is_damaged(tmp_path, images):
     """The message for a truncated stack says what is wrong: the file is truncated or corrupt."""
-    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    imagefiles.write_tiff(tmp_path / "stack.tif", images, 5.0)
     raw = (tmp_path / "stack.tif").read_bytes()
     (tmp_path / "stack.tif").write_bytes(raw[: len(raw) // 2])
     message = _refusal(_row(tmp_path, "stack.tif"), "stack.tif")
@@ -185,7 +185,7 @@ def test_ingest_refuses_an_uncalibrated_tiff_without_sheet_pixel_size(tmp_path, 
     """A TIFF without calibration needs pixel_size_nm in the sheet; with it, the same file ingests."""
     tifffile.imwrite(tmp_path / "plain.tif", images, photometric="minisblack")
     _refusal(_row(tmp_path, "plain.tif"), "series s1", "plain.tif", "pixel_size_nm")
-    ds = io.ingest(_row(tmp_path, "plain.tif", pixel_size_nm=4.0), DEFAULTS)
+    ds = ingest.ingest(_row(tmp_path, "plain.tif", pixel_size_nm=4.0), DEFAULTS)
     assert float(ds["y"][1] - ds["y"][0]) == pytest.approx(4.0)
 
 
@@ -203,8 +203,8 @@ def test_ingest_refuses_non_square_pixels(tmp_path, images):
 
 def test_ingest_refuses_a_file_list_without_files(tmp_path):
     """files = ';' names no file: InputError (the CLI only turns InputError into a failed store)."""
-    with pytest.raises(io.InputError, match="series s1"):
-        io.ingest(_row(tmp_path, ";"), DEFAULTS)
+    with pytest.raises(imagefiles.InputError, match="series s1"):
+        ingest.ingest(_row(tmp_path, ";"), DEFAULTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +214,8 @@ def test_ingest_refuses_a_file_list_without_files(tmp_path):
 
 def test_store_round_trip_zarr_v3(tmp_path, images):
     """write_store writes a Zarr v3 store (zarr.json at its root, tiled chunks); open_store reads it back equal."""
-    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
-    ds = io.ingest(_row(tmp_path, "stack.tif"), DEFAULTS)
+    imagefiles.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    ds = ingest.ingest(_row(tmp_path, "stack.tif"), DEFAULTS)
     store = tmp_path / "s1.zarr"
     io.write_store(ds, store, chunk_px=16)
     root = json.loads((store / "zarr.json").read_text())
@@ -254,7 +254,7 @@ def test_hot_and_dead_pixels_are_repaired_and_counted():
     clean = stack.copy()
     stack[0, 10, 20] = 60000.0
     stack[1, 30, 31] = 0.0
-    hot, dead = io.repair_outlier_pixels(stack)
+    hot, dead = ingest.repair_outlier_pixels(stack)
     assert (hot, dead) == (1, 1)
     assert abs(stack[0, 10, 20] - 1000.0) < 40 and abs(stack[1, 30, 31] - 1000.0) < 40
     changed = np.argwhere(stack != clean)
@@ -265,7 +265,7 @@ def test_simulated_series_has_no_false_hot_pixels():
     """Strong Lorentz contrast (caustics at 1.6 mm) is not mistaken for hot pixels."""
     for spec in simulate.demo_campaign():
         images, _ = simulate.simulate_series(spec)
-        assert io.repair_outlier_pixels(images.copy()) == (0, 0), spec.series
+        assert ingest.repair_outlier_pixels(images.copy()) == (0, 0), spec.series
 
 
 def test_ingest_fails_a_row_with_a_problem_before_reading_any_file(tmp_path):
@@ -277,5 +277,5 @@ def test_ingest_fails_a_row_with_a_problem_before_reading_any_file(tmp_path):
 
 def test_ingest_refuses_um_typed_as_nm_at_the_files_pixel_size(tmp_path, images):
     """Defocus 1600 'nm' (um meant) forms no contrast at the file's 5 nm pixels: refused by name."""
-    io.write_tiff(tmp_path / "stack.tif", images, 5.0)
+    imagefiles.write_tiff(tmp_path / "stack.tif", images, 5.0)
     _refusal(_row(tmp_path, "stack.tif", defocus=(-1600, 0, 1600)), "series s1", "defocus_nm", "did you give mm or um")

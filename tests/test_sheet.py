@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from phasepipe import io, sheet
+from phasepipe import imagefiles, sheet
 
 HEADER = "series\tfiles\tdefocus_nm"
 MICROSCOPE = {"voltage_kv": 200.0}
@@ -153,7 +153,7 @@ def test_a_defocus_list_that_does_not_parse_fails_its_series(tmp_path, defocus, 
 def test_read_sheet_refuses_bad_sheets(tmp_path, text, expected):
     """A sheet that cannot be read as a whole raises InputError naming the sheet, line and problem."""
     path = _sheet(tmp_path, text)
-    with pytest.raises(io.InputError) as info:
+    with pytest.raises(imagefiles.InputError) as info:
         sheet.read_sheet(path)
     message = str(info.value)
     assert f"series sheet {path}" in message
@@ -188,7 +188,7 @@ def test_paths_glob_sorted_naturally(tmp_path):
 
 def test_paths_glob_without_match_names_the_series(tmp_path):
     """A glob matching nothing raises InputError naming the series and the pattern."""
-    with pytest.raises(io.InputError, match=r"series s1: .*'nothing\*\.tif'"):
+    with pytest.raises(imagefiles.InputError, match=r"series s1: .*'nothing\*\.tif'"):
         _row(tmp_path, "nothing*.tif").paths()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from phasepipe import io, optimise, sheet, simulate, status
+from phasepipe import imagefiles, io, optimise, sheet, simulate, status
 
 # The phasepipe of the Python that runs Snakemake, whatever PATH holds (a clean shell, cron, a
 # SLURM job); SLURM jobs run Snakemake with that same Python.
@@ -29,7 +29,7 @@ else:
         ROWS = {row.series: row for row in sheet.read_sheet(SHEET, config["microscope"])}
     except FileNotFoundError:
         raise WorkflowError(f"series sheet {SHEET} does not exist (series_sheet in the config)") from None
-    except (OSError, io.InputError) as exc:
+    except (OSError, imagefiles.InputError) as exc:
         raise WorkflowError(str(exc)) from None
     SERIES = list(ROWS)
     for row in ROWS.values():
@@ -54,7 +54,7 @@ def existing_files(series: str) -> tuple[str, ...]:
         return ()
     try:
         return tuple(str(p) for p in ROWS[series].paths() if p.is_file())
-    except io.InputError:
+    except imagefiles.InputError:
         return ()
 
 
