@@ -215,17 +215,21 @@ def _residual(wave, data, measured, count, weight):
 
 
 @_jit
-def _adjoint(grad, spectrum, t_re, t_im, real, slope, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
+def _adjoint(grad, spectrum, t_re, t_im, real, half_slope, p1_y, p1_x, along_y, along_x, defocus_nm, h_sum):
     """h = conj(T R) G added to ``h_sum``; the gradients of the image's defocus and shift (y, x).
     G = dL/dS, S = ``spectrum`` and h_sum are (y, x, 2).
 
     dL/d theta = Re sum conj(G) S d log(T R)/d theta, S = Psi T R:
-    d log T/d df = real + slope df + i p1 (:func:`physics.transfer_log_derivative`), and
+    d log T/d df = real + slope df + i p1 (:func:`physics.transfer_log_derivative`), evaluated
+    as real + (2 df) ``half_slope`` (half_slope = slope / 2, exact): the float32 order in which
+    the releases so far were computed, whose fits another order would not reproduce bit for bit
+    (a long fit amplifies a different rounding); and
     d log R/d shift = i times the shift angle of a unit shift (``along_y``, ``along_x``).
     p1 = p1_y + p1_x and the unit shift angles are given as vectors along y and x: full maps
     would be read from memory for each image.
     """
     d_defocus = d_y = d_x = 0.0
+    twice_defocus = 2 * defocus_nm
     for y in range(t_re.shape[0]):
         # float32 sums along a row (vectorised), float64 across rows.
         row_defocus = row_y = row_x = np.float32(0)
@@ -236,7 +240,7 @@ def _adjoint(grad, spectrum, t_re, t_im, real, slope, p1_y, p1_x, along_y, along
             s_re, s_im = spectrum[y, x, 0], spectrum[y, x, 1]
             c_re = g_re * s_re + g_im * s_im
             c_im = g_re * s_im - g_im * s_re
-            row_defocus += c_re * (real[y, x] + defocus_nm * slope[y, x]) - c_im * (p1_y[y] + p1_x[x])
+            row_defocus += c_re * (real[y, x] + twice_defocus * half_slope[y, x]) - c_im * (p1_y[y] + p1_x[x])
             row_y += c_im
             row_x += c_im * along_x[x]
         d_defocus += row_defocus
@@ -323,12 +327,13 @@ class _Maps:
         # p1 = -pi lambda q^2 and the shift angle are a function of qy plus one of qx; qy = qx = 0
         # in the first row and column, which hold them.
         self.vectors = tuple(v.numpy() for v in (p1[:, 0], p1[0], along_y[:, 0], along_x[0]))
-        # d log(T R)/d theta (_adjoint), from physics: the real part real + slope df (defocus), the
-        # imaginary part p1 (defocus) as a vector along y plus one along x, unit shifts (y and x).
+        # d log(T R)/d theta (_adjoint), from physics: the real part real + slope df (defocus, the
+        # slope halved for _adjoint's order), the imaginary part p1 (defocus) as a vector along y
+        # plus one along x, unit shifts (y and x).
         real, _, slope = physics.transfer_log_derivative(coefficients)
         self.derivatives = (
             real.float().numpy(),
-            slope.float().numpy(),
+            (slope / 2).float().numpy(),
             *(v.astype(np.float32) for v in self.vectors),
         )
 
