@@ -4,7 +4,7 @@ Each candidate (a variation of :class:`phasepipe.optimise.Settings`) is run on e
 the tuning families (phasepipe/corpus.py: the project's textures and islands, weak smooth
 phase, scikit-image test images as phase), never on the held-out ones; printed: the cases read,
 then per candidate the median and worst acc, the median and 90th-percentile calibration error,
-and the median fit time. The defaults in phasepipe/reconstruct.py are the candidate this chose
+and the median fit time. The defaults (phasepipe/optimise.py, Settings) are the candidate this chose
 (docs/physics.md, "Validation"); benchmarks/corpus.py then reports the held-out families.
 
 Run from the repository root::
