@@ -1,4 +1,4 @@
-"""The fast path's elementary functions: exp, cos and sin as vectorisable float32 polynomials.
+"""The fast path's kernels (phasepipe/kernels.py): exp, cos and sin as vectorisable float32 polynomials.
 
 The fast path's misfit and gradients against autograd are checked in test_reconstruct.py.
 """
@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from phasepipe import fused
+from phasepipe import kernels
 
 
 def test_exp_row_is_within_three_ulp_and_clamped():
@@ -18,15 +18,15 @@ def test_exp_row_is_within_three_ulp_and_clamped():
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.uniform(-87, 88, 4000), rng.uniform(-1, 1, 4000), [0.0, -0.0, 1e-30, -1e-30]])
     row = values.astype(np.float32)
-    fused._exp_row(row, np.empty(len(row), np.int32))
+    kernels.exp_row(row, np.empty(len(row), np.int32))
     expected = np.exp(values.astype(np.float32).astype(np.float64))
     assert np.max(np.abs(row / expected - 1)) <= 3.6e-7
     extremes = np.array([-1e4, -88.0, 89.0, 1e4], np.float32)
-    fused._exp_row(extremes, np.empty(4, np.int32))
+    kernels.exp_row(extremes, np.empty(4, np.int32))
     np.testing.assert_allclose(extremes, np.exp([-87.0, -87.0, 88.0, 88.0]), rtol=1e-6)
     # What a diverging fit produces stays visible as such.
     not_finite = np.array([np.nan, np.inf, -np.inf, 0.0], np.float32)
-    fused._exp_row(not_finite, np.empty(4, np.int32))
+    kernels.exp_row(not_finite, np.empty(4, np.int32))
     assert np.isnan(not_finite[:3]).all() and not_finite[3] == 1.0
 
 
@@ -40,14 +40,14 @@ def test_wave_is_exp_of_log_amplitude_and_phase():
     phase[0, :8] = np.float32(np.pi / 2) * np.arange(-4, 4)
     log_amplitude = rng.uniform(-2, 0.5, phase.shape).astype(np.float32)
     psi = np.empty((*phase.shape, 2), np.float32)
-    fused._wave(phase, log_amplitude, psi)
+    kernels.wave(phase, log_amplitude, psi)
     amplitude = np.exp(log_amplitude.astype(np.float64))
     expected = amplitude * np.exp(1j * phase.astype(np.float64))
     error = np.abs(psi[..., 0] + 1j * psi[..., 1] - expected)
     bound = amplitude * (2 * np.spacing(np.abs(phase)).astype(np.float64) + 3e-7)
     assert np.all(error <= bound)
     phase[0, 0], log_amplitude[0, 1] = np.nan, np.nan
-    fused._wave(phase, log_amplitude, psi)
+    kernels.wave(phase, log_amplitude, psi)
     assert np.isnan(psi[0, :2]).all() and np.isfinite(psi[0, 2:]).all()
 
 
@@ -58,9 +58,9 @@ def test_kernels_compile_where_no_cache_can_be_written():
         "from numba.core import caching\n"
         "caching.CacheImpl._locator_classes = []\n"  # no cache location anywhere
         "import numpy as np\n"
-        "from phasepipe import fused\n"
+        "from phasepipe import kernels\n"
         "row = np.zeros(4, np.float32)\n"
-        "fused._exp_row(row, np.empty(4, np.int32))\n"
+        "kernels.exp_row(row, np.empty(4, np.int32))\n"
         "print(row.sum())\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
