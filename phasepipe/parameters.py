@@ -148,6 +148,21 @@ def refined_tensors(refine: tuple[str, ...]) -> list[str]:
     return [REGISTRY[name].tensor for name in refine]
 
 
+def output_values(params: Parameters) -> dict[str, np.ndarray | float]:
+    """Every registered output's physical value (:func:`outputs`), by name:
+    a float for a series value, a float64 array per image."""
+    with torch.no_grad():
+        return as_outputs([output.value(params).double().cpu().numpy() for output in outputs()])
+
+
+def as_outputs(arrays: list[np.ndarray]) -> dict[str, np.ndarray | float]:
+    """Arrays in :func:`outputs` order, by output name: a float for a series value."""
+    return {
+        output.name: float(array) if array.ndim == 0 else np.asarray(array, np.float64)
+        for output, array in zip(outputs(), arrays, strict=True)
+    }
+
+
 class Parameters(torch.nn.Module):
     """All unknowns of one series, in the parametrisation the optimiser sees: the object's phase
     and log amplitude, and one tensor per :data:`REGISTRY` entry."""

@@ -22,7 +22,7 @@ import xarray as xr
 from phasepipe import gauge, physics
 from phasepipe.model import ForwardModel
 from phasepipe.optimise import FitResult, Settings, defocus_levels, fit
-from phasepipe.parameters import Microscope, Parameters, outputs
+from phasepipe.parameters import Microscope, Parameters, output_values, outputs
 from phasepipe.tie import tie_phase
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def reconstruct(
             std["defocus_nm"] = np.maximum(std["defocus_nm"], relative * np.abs(params.defocus_nm().cpu().numpy()))
     with torch.no_grad():
         phase = params.phase.cpu().numpy()[inner]
-        values = uncertainty.output_values(params)
+        values = output_values(params)
     # A canvas wider than the images can hold a ramp, which the data do not fix: the flattest is
     # reported, and the drift takes up the rest (phasepipe/gauge.py).
     gradient = gauge.flattest_gradient(phase) if margin_px else np.zeros(2)

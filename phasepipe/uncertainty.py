@@ -24,27 +24,13 @@ import torch
 
 from phasepipe.model import ForwardModel, misfit_per_image
 from phasepipe.optimise import Settings, fit
-from phasepipe.parameters import ParameterOptions, Parameters, outputs, refined_tensors
+from phasepipe.parameters import ParameterOptions, Parameters, as_outputs, outputs, refined_tensors
 
 log = logging.getLogger(__name__)
 
 SUBFIELDS = 2  # per side
 SUBFIELD_MIN_PX = 48  # a sub-field smaller than this a side says too little: no estimate
 SUBFIELD_ITERATIONS = 400  # each sub-field's refit, from the whole fit's solution
-
-
-def output_values(params: Parameters) -> dict[str, np.ndarray | float]:
-    """Every registered output's physical value (:func:`phasepipe.parameters.outputs`), by name:
-    a float for a series value, a float64 array per image."""
-    with torch.no_grad():
-        return _as_outputs([output.value(params).double().cpu().numpy() for output in outputs()])
-
-
-def _as_outputs(arrays: list[np.ndarray]) -> dict[str, np.ndarray | float]:
-    return {
-        output.name: float(array) if array.ndim == 0 else np.asarray(array, np.float64)
-        for output, array in zip(outputs(), arrays, strict=True)
-    }
 
 
 def microscope_values(params: Parameters) -> torch.Tensor:
@@ -55,7 +41,7 @@ def microscope_values(params: Parameters) -> torch.Tensor:
 def curvature_std(
     model: ForwardModel, params: Parameters, data: torch.Tensor, settings: Settings
 ) -> dict[str, np.ndarray | float]:
-    """Standard deviation of every registered output (as :func:`output_values`) from the loss
+    """Standard deviation of every registered output (as :func:`phasepipe.parameters.output_values`) from the loss
     curvature (Gauss-Newton); 0 for what was not refined.
 
     Conditional on the fitted object, which is why it is only a lower bound: it says how well the
@@ -70,7 +56,7 @@ def curvature_std(
 
     def by_output(flat: np.ndarray) -> dict[str, np.ndarray | float]:
         pieces = np.split(flat, np.cumsum([math.prod(shape) for shape in shapes])[:-1])
-        return _as_outputs([piece.reshape(shape) for piece, shape in zip(pieces, shapes, strict=True)])
+        return as_outputs([piece.reshape(shape) for piece, shape in zip(pieces, shapes, strict=True)])
 
     groups = refined_tensors(settings.refine)
     if not groups:
