@@ -33,6 +33,13 @@ def _progress_bar(total: int | None, description: str, unit: str):
 def cmd_simulate(args: argparse.Namespace) -> None:
     from phasepipe import simulate
 
+    state_options = {"--thickness-nm": args.thickness_nm, "--ms": args.ms, "--pixel-size-nm": args.pixel_size_nm}
+    if args.ovf is None and any(v is not None for v in state_options.values()):
+        log.error("%s go with --ovf", ", ".join(k for k, v in state_options.items() if v is not None))
+        sys.exit(2)
+    if args.ovf is not None:
+        _simulate_ovf(args)
+        return
     if args.demo:
         specs = simulate.demo_campaign()
     else:
@@ -48,6 +55,40 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         ]
     sheet = simulate.write_campaign(Path(args.out), specs)
     log.info("wrote %d series and the sheet %s", len(specs), sheet)
+
+
+def _simulate_ovf(args: argparse.Namespace) -> None:
+    """``simulate --ovf``: one series of a micromagnetic state (:mod:`phasepipe.micromagnetic`); bad
+    input (the file missing or unusable, no Ms) exits 1 with one line naming the file."""
+    from phasepipe import imagefiles, micromagnetic
+
+    if args.demo:
+        log.error("--ovf and --demo exclude each other")
+        sys.exit(2)
+    acquisition = micromagnetic.default_acquisition(noise_fraction=args.noise, calibration=args.calibration)
+    try:
+        sheet = micromagnetic.write_campaign(
+            Path(args.out),
+            args.ovf,
+            acquisition,
+            series=args.series,
+            seed=args.seed,
+            thickness_nm=args.thickness_nm,
+            ms_a_per_m=args.ms,
+            pixel_size_nm=args.pixel_size_nm,
+        )
+    except imagefiles.InputError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    log.info("wrote the series of %s and the sheet %s", args.ovf, sheet)
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def _fail(args: argparse.Namespace, failed) -> None:
@@ -306,11 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--demo", action="store_true", help="the built-in demo campaign")
     p.add_argument("--texture", default="vortex", help="vortex | skyrmions | stripes (without --demo)")
-    p.add_argument("--series", help="series id (default: the texture)")
+    p.add_argument("--series", help="series id (default: the texture, or the --ovf file's name)")
     p.add_argument("--size", type=int, default=256, help="image edge in px")
     p.add_argument("--noise", type=float, default=0.05, help="Gaussian intensity noise fraction")
     p.add_argument("--calibration", type=float, default=1.04, help="true / nominal defocus")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ovf",
+        metavar="FILE",
+        help="a micromagnetic state (OVF 1.0/2.0 from mumax3 or OOMMF, text or binary) as the specimen, instead of "
+        "a texture: the state is the recorded window, its cell the pixel (not with --demo; --size and --texture "
+        "are unused)",
+    )
+    p.add_argument("--thickness-nm", type=_positive, help="film thickness in nm (with --ovf; default: nz x dz)")
+    p.add_argument(
+        "--ms",
+        type=_positive,
+        help="saturation magnetisation in A/m (with --ovf; required when the file holds the unit m, as mumax3 "
+        "writes it; default: |M| of a file in A/m, as OOMMF writes it)",
+    )
+    p.add_argument(
+        "--pixel-size-nm", type=_positive, help="image pixel in nm (with --ovf; default: the cell, else resampled)"
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("ingest", help="read and validate one series of the sheet into a Zarr store")

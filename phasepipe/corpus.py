@@ -73,9 +73,12 @@ def cases(families=FAMILIES, sizes=(256,), seeds=(0,)) -> list[Case]:
     return [Case(f, seed, size, n, d, noise) for f, seed, size, n, d, noise in grid]
 
 
-def specimen(family: str, n: int, window: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(phase, amplitude) of a family's specimen on an n x n field whose centre window x window px
-    are recorded; sizes scale with the window."""
+def specimen(
+    family: str, n: int, window: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(phase, amplitude, the phase's magnetic part or None for a specimen with none) of a
+    family's specimen on an n x n field whose centre window x window px are recorded; sizes scale
+    with the window."""
     makers = {
         "islands": _islands,
         "weak": _weak,
@@ -94,8 +97,42 @@ def simulate_case(case: Case) -> tuple[np.ndarray, object]:
     rng = np.random.default_rng([case.seed, FAMILIES.index(case.family)])
     acquisition = case.acquisition()
     n = case.size_px + 2 * simulate.field_margin_px(acquisition)
-    phase, amplitude = specimen(case.family, n, case.size_px, rng)
-    return simulate.record(phase, amplitude, case.size_px, acquisition, rng)
+    phase, amplitude, magnetic = specimen(case.family, n, case.size_px, rng)
+    return simulate.record(phase, amplitude, case.size_px, acquisition, rng, magnetic)
+
+
+def simulate_pair(case: Case, relation: str) -> tuple[tuple[np.ndarray, object], tuple[np.ndarray, object], object]:
+    """A case and its partner series of the same field (``flip``: the specimen turned over and
+    mirrored; ``reference``: without its magnetic contrast), seen rotated by a few degrees and
+    shifted by a few px, with its own calibration, drift and noise: ((images, truth) of the case,
+    (images, truth) of the partner, the partner's :class:`~phasepipe.frames.Similarity`)."""
+    from phasepipe import frames
+
+    rng = np.random.default_rng([case.seed, FAMILIES.index(case.family)])
+    acquisition = case.acquisition()
+    n = case.size_px + 2 * simulate.field_margin_px(acquisition)
+    phase, amplitude, magnetic = specimen(case.family, n, case.size_px, rng)
+    if magnetic is None:
+        raise ValueError(f"family {case.family!r} holds no magnetic phase to separate")
+    anchor = simulate.record(phase, amplitude, case.size_px, acquisition, rng, magnetic)
+    draw = np.random.default_rng([case.seed, FAMILIES.index(case.family), simulate.RELATIONS.index(relation), 7])
+    similarity = frames.Similarity(
+        relation == "flip", float(draw.uniform(-5, 5)), 1.0, tuple(draw.uniform(-6, 6, 2).round(2).tolist())
+    )
+    partner_acquisition = simulate.Acquisition(
+        **{
+            **vars(acquisition),
+            "calibration": float(1 + draw.uniform(-0.06, 0.06)),
+            "drift_px": float(draw.uniform(1.0, 4.0)),
+        }
+    )
+    partner_phase, partner_amplitude, partner_magnetic = simulate.partner_wave(
+        phase, amplitude, magnetic, relation, similarity
+    )
+    partner = simulate.record(
+        partner_phase, partner_amplitude, case.size_px, partner_acquisition, draw, partner_magnetic
+    )
+    return anchor, partner, similarity
 
 
 # --- tuning families -----------------------------------------------------------------------------
@@ -118,7 +155,7 @@ def _weak(n: int, window: int, rng: np.random.Generator):
     corr = rng.uniform(3.0, 12.0) * window / 256
     phase = rng.uniform(0.2, 0.5) * simulate.smooth_noise(n, corr, rng)
     amplitude = np.exp(-0.05 * (phase - phase.min()))
-    return phase, amplitude
+    return phase, amplitude, None
 
 
 def _images(n: int, window: int, rng: np.random.Generator):
@@ -138,7 +175,7 @@ def _images(n: int, window: int, rng: np.random.Generator):
     field = np.pad(field, ((pad, n - window - pad), (pad, n - window - pad)), mode="reflect")
     field = (field - field.min()) / np.ptp(field)
     phase = rng.uniform(1.5, 3.0) * ndimage.gaussian_filter(field, 0.7)
-    return phase, np.exp(-0.1 * field)
+    return phase, np.exp(-0.1 * field), None
 
 
 # --- held-out families ---------------------------------------------------------------------------
@@ -201,7 +238,7 @@ def _litho(n: int, window: int, rng: np.random.Generator):
     height = np.maximum(height, rng.uniform(0.5, 1.0) * _letters(n, window, rng))
     height = ndimage.gaussian_filter(height, 0.7)  # a lithographic edge spans a pixel or so
     phase = rng.uniform(1.0, 2.5) * height  # sigma V0 t of the resist or metal
-    return phase, np.exp(-0.15 * height)
+    return phase, np.exp(-0.15 * height), None
 
 
 def _elements(n: int, window: int, rng: np.random.Generator):
@@ -242,7 +279,7 @@ def _elements(n: int, window: int, rng: np.random.Generator):
     thickness = thickness_nm * support
     phase_m = physics.magnetic_phase(mx * support, my * support, thickness, 1.0, PIXEL_NM)
     phase_e = SIGMA_200KV * rng.uniform(18.0, 24.0) * thickness
-    return phase_e + phase_m, np.exp(-thickness / (2 * 120.0))
+    return phase_e + phase_m, np.exp(-thickness / (2 * 120.0)), phase_m
 
 
 def _wraps(n: int, window: int, rng: np.random.Generator):
@@ -258,7 +295,7 @@ def _wraps(n: int, window: int, rng: np.random.Generator):
         peak = rng.uniform(0.3, 0.5) * radius
         r = np.hypot(y - cy, x - cx) / radius
         phase += peak * np.where(r < 1, np.cos(np.pi * r / 2) ** 2, 0.0)
-    return phase, np.exp(-0.01 * (phase - phase.min()))
+    return phase, np.exp(-0.01 * (phase - phase.min())), None
 
 
 # --- running a case ------------------------------------------------------------------------------

@@ -58,11 +58,13 @@ class ForwardModel:
         params: Parameters,
         refine_shifts: bool,
         defocus_nm: torch.Tensor | None = None,
+        wave: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The images of ``params``."""
+        """The images of ``params``, of the exit wave ``wave`` instead of theirs where given (a
+        joint fit's shared maps, :mod:`phasepipe.joint`)."""
         ramp = physics.shift_ramp(self.qy, self.qx, params.shifts_px(), self.pixel_size_nm) if refine_shifts else None
         defocus_nm = params.defocus_nm() if defocus_nm is None else defocus_nm
-        wave = params.wave()
+        wave = params.wave() if wave is None else wave
         intensity = physics.image_intensities(wave, self.transfer(params, defocus_nm), ramp)
         for entry in REGISTRY.values():
             if entry.term is not None:

@@ -4,7 +4,8 @@ Two kinds of problem are told apart. A sheet that cannot be read as a whole (not
 a missing or unknown column, a bad or duplicate series id) is refused before any job starts.
 A row whose values no LTEM series can have (defocus in mm typed as nm, a voltage in V, a pixel
 size out of range) keeps its place: its series fails at ingestion, before any of its work, with
-the sheet, line, column and likely mistake named, and the other series run.
+the sheet, line, column and likely mistake named, and the other series run. A partner relation
+that cannot be used (:func:`partner_groups`) is neither: its series is reconstructed alone.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SERIES_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 REQUIRED_COLUMNS = ("series", "files", "defocus_nm")
 MICROSCOPE_COLUMNS = ("voltage_kv", "cs_mm", "beam_divergence_mrad", "defocus_spread_nm")
-OPTIONAL_COLUMNS = ("pixel_size_nm", *MICROSCOPE_COLUMNS, "acquired", "session", "truth")
+OPTIONAL_COLUMNS = ("pixel_size_nm", *MICROSCOPE_COLUMNS, "acquired", "session", "truth", "partner", "relation")
+RELATIONS = ("flip", "reference")
 LENGTH = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\d\s.+-][^\s]*)?\s*$")
 
 
@@ -45,6 +47,8 @@ class SeriesRow:
     acquired: str = ""
     session: str = ""
     truth: str = ""
+    partner: str = ""
+    relation: str = ""
     problem: str = ""
 
     def paths(self) -> list[Path]:
@@ -221,6 +225,8 @@ def _row(raw: dict[str, str], path: Path, line: int, defaults: dict[str, float])
         acquired=raw.get("acquired", ""),
         session=raw.get("session", ""),
         truth=raw.get("truth", ""),
+        partner=raw.get("partner", ""),
+        relation=raw.get("relation", "").lower(),
         problem=problem,
     )
 
@@ -231,3 +237,93 @@ def sheet_row(path: str | Path, series: str, microscope: dict[str, float] | None
         if row.series == series:
             return row
     raise InputError(f"series sheet {path}: no series {series!r}")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Series of one area fitted jointly: a flip pair, or a reference and the series it serves.
+
+    ``anchor``: the series whose frame the joint fit works in (a flip pair's first in the sheet,
+    else the reference); ``members``: the anchor, then the others in sheet order; ``relation``:
+    ``flip`` or ``reference``.
+    """
+
+    anchor: str
+    members: tuple[str, ...]
+    relation: str
+
+    @property
+    def id(self) -> str:
+        """The members joined by '+', anchor first: a wildcard and folder name no series id can have."""
+        return "+".join(self.members)
+
+    def role(self, series: str) -> str:
+        """``reference`` (no magnetic contrast), ``flip`` (turned over: phi_m reversed, image mirrored)
+        or ``magnetic`` (phi_e + phi_m as imaged)."""
+        if series not in self.members:
+            raise KeyError(f"series {series} is not in group {self.id}")
+        if self.relation == "reference":
+            return "reference" if series == self.anchor else "magnetic"
+        return "magnetic" if series == self.anchor else "flip"
+
+
+def _partner_warning(row: SeriesRow, rows: dict[str, SeriesRow]) -> str:
+    """Why the partner relation of a row that declares one cannot be used ("" if it can)."""
+    sid, partner, relation = row.series, row.partner, row.relation
+    alone = f"; {sid} is reconstructed alone"
+    if not partner:
+        return f"series {sid}: column relation is {relation!r} but column partner is empty{alone}"
+    if partner == sid:
+        return f"series {sid}: column partner names {sid} itself{alone}"
+    if partner not in rows:
+        return f"series {sid}: column partner names {partner!r}, which is not a series of the sheet{alone}"
+    if relation not in RELATIONS:
+        given = f"is {relation!r}" if relation else "is empty"
+        return (
+            f"series {sid}: column relation {given} for partner {partner}; it must be flip (the partner is the "
+            f"specimen turned over) or reference (the partner holds no magnetic contrast){alone}"
+        )
+    other = rows[partner]
+    if other.problem:
+        return f"series {sid}: its partner {partner} fails at ingestion (a value of its row is wrong){alone}"
+    if relation == "flip" and (other.partner, other.relation) != (sid, "flip"):
+        names = f"names {other.partner} as {other.relation or 'no relation'}" if other.partner else "names no partner"
+        return f"series {sid}: its flip partner {partner} {names}; a flip pair names each other, both rows flip{alone}"
+    if relation == "reference" and (other.partner or other.relation):
+        return (
+            f"series {sid}: its reference {partner} names a partner of its own ({other.partner or 'none'}, relation "
+            f"{other.relation or 'none'}); a reference has none, and a flip pair with a reference as well is out "
+            f"of scope for now{alone}"
+        )
+    return ""
+
+
+def partner_groups(rows: list[SeriesRow]) -> tuple[list[Group], dict[str, str]]:
+    """The groups of related series, and a warning for each series whose partner relation is unusable.
+
+    A flip pair names each other (both rows ``flip``); a reference is named by the series it serves
+    (``reference``) and names no partner. A relation that breaks this (a partner missing, itself,
+    failing at ingestion or naming a third series, an unknown relation) is no reason to fail the
+    series: it is reconstructed alone, the warning naming it and its partner. Rows with a problem
+    fail anyway and get no warning; series in no group and with no warning are simply alone.
+    Groups come in the sheet order of their anchors.
+    """
+    by_id = {row.series: row for row in rows}
+    order = {row.series: k for k, row in enumerate(rows)}
+    warnings: dict[str, str] = {}
+    for row in rows:
+        if not row.problem and (row.partner or row.relation):
+            if warning := _partner_warning(row, by_id):
+                warnings[row.series] = warning
+    served: dict[str, list[str]] = {}
+    pairs: set[tuple[str, str]] = set()
+    for row in rows:
+        if row.problem or not row.partner or row.series in warnings:
+            continue
+        if row.relation == "reference":
+            served.setdefault(row.partner, []).append(row.series)
+        else:
+            pairs.add(tuple(sorted((row.series, row.partner), key=order.__getitem__)))
+    groups = [Group(a, (a, b), "flip") for a, b in pairs]
+    groups += [Group(r, (r, *members), "reference") for r, members in served.items()]
+    return sorted(groups, key=lambda g: order[g.anchor]), warnings

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import imagefiles, physics
+from phasepipe import frames, imagefiles, physics
 from phasepipe.parameters import Microscope
 
 TEXTURES = ("vortex", "skyrmions", "stripes")
@@ -142,8 +142,9 @@ def margin_px(spec: SeriesSpec) -> int:
     return field_margin_px(_acquisition(spec))
 
 
-def exit_wave(spec: SeriesSpec, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """True exit wave on an n x n field (the window and its margin): (phase, amplitude)."""
+def exit_wave(spec: SeriesSpec, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True exit wave on an n x n field (the window and its margin): (phase, amplitude, and the
+    phase's magnetic part)."""
     mx, my, support = _texture(spec, n, rng)
     if spec.island_frac > 0:
         support = support * _disk(n, spec.island_frac * spec.size_px)
@@ -164,7 +165,7 @@ def exit_wave(spec: SeriesSpec, rng: np.random.Generator, n: int) -> tuple[np.nd
     phase_e = sigma * (spec.mean_inner_potential_v * thickness + PARTICLE_INNER_POTENTIAL_V * particles)
     phase_m = physics.magnetic_phase(mx, my, spec.thickness_nm * support, spec.b0_t, spec.pixel_size_nm)
     amplitude = np.exp(-thickness / (2 * spec.inelastic_mfp_nm) - particles / (2 * PARTICLE_ABSORPTION_MFP_NM))
-    return phase_e + phase_m, amplitude
+    return phase_e + phase_m, amplitude, phase_m
 
 
 @dataclass(frozen=True)
@@ -185,13 +186,22 @@ class Acquisition:
 
 
 def record(
-    phase: np.ndarray, amplitude: np.ndarray, window: int, acquisition: Acquisition, rng: np.random.Generator
+    phase: np.ndarray,
+    amplitude: np.ndarray,
+    window: int,
+    acquisition: Acquisition,
+    rng: np.random.Generator,
+    magnetic: np.ndarray | None = None,
 ) -> tuple[np.ndarray, xr.Dataset]:
     """A through-focus series of the exit wave (phase, amplitude) on a field whose centre
     ``window`` x ``window`` px the detector records: the images are formed on the whole field (the
     FFT's periodic wrap-around lands in the margin, beyond the Fresnel spread of the window) with
     the drift, then cropped, so that features cut by the window's edge and fringes from outside it
     are there, as in a microscope. Returns the images (N, window, window) float32 and the truth.
+
+    ``magnetic``: the magnetic part of ``phase`` on the same field, when known; the truth then also
+    holds ``phase_magnetic``, ``phase_electrostatic`` (the rest; each with its mean over the window
+    removed) and the in-plane induction ``induction_x_tnm``, ``induction_y_tnm`` (B t, T nm).
     """
     a = acquisition
     n = phase.shape[0]
@@ -216,9 +226,21 @@ def record(
 
     true_phase = phase[crop]
     coords = {"y": np.arange(window) * a.pixel_size_nm, "x": np.arange(window) * a.pixel_size_nm}
+    separated = {}
+    if magnetic is not None:
+        magnetic_window = magnetic[crop]
+        electrostatic = true_phase - magnetic_window
+        bx, by = physics.induction_from_phase(magnetic, a.pixel_size_nm)
+        separated = {
+            "phase_magnetic": (("y", "x"), magnetic_window - magnetic_window.mean()),
+            "phase_electrostatic": (("y", "x"), electrostatic - electrostatic.mean()),
+            "induction_x_tnm": (("y", "x"), bx[crop]),
+            "induction_y_tnm": (("y", "x"), by[crop]),
+        }
     truth = xr.Dataset(
         {
             "phase": (("y", "x"), true_phase - true_phase.mean()),
+            **separated,
             "amplitude": (("y", "x"), amplitude[crop]),
             "defocus_nm": (("image",), true_df),
             "defocus_nominal_nm": (("image",), nominal),
@@ -228,6 +250,25 @@ def record(
         coords=coords,
     )
     return images, truth
+
+
+RELATIONS = ("flip", "reference")
+
+
+def partner_wave(
+    phase: np.ndarray, amplitude: np.ndarray, magnetic: np.ndarray, relation: str, similarity: frames.Similarity
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exit wave (phase, amplitude, magnetic part) of a partner series of the same field:
+    ``flip``, the specimen turned over (electrostatic phase kept, magnetic reversed, the image
+    mirrored: ``similarity.mirror`` should be set), or ``reference``, the specimen without its
+    magnetic contrast (above its Curie temperature); either seen through ``similarity``
+    (:mod:`phasepipe.frames`)."""
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; choose from {', '.join(RELATIONS)}")
+    sign = -1.0 if relation == "flip" else 0.0
+    electrostatic = frames.to_partner(phase - magnetic, similarity)
+    partner_magnetic = sign * frames.to_partner(magnetic, similarity)
+    return electrostatic + partner_magnetic, frames.to_partner(amplitude, similarity), partner_magnetic
 
 
 def field_margin_px(acquisition: Acquisition) -> int:
@@ -250,8 +291,8 @@ def simulate_series(spec: SeriesSpec) -> tuple[np.ndarray, xr.Dataset]:
     """Simulate one series: returns the recorded images (N, y, x) float32 and the ground truth."""
     rng = np.random.default_rng(spec.seed)
     n = spec.size_px + 2 * margin_px(spec)
-    phase, amplitude = exit_wave(spec, rng, n)
-    images, truth = record(phase, amplitude, spec.size_px, _acquisition(spec), rng)
+    phase, amplitude, magnetic = exit_wave(spec, rng, n)
+    images, truth = record(phase, amplitude, spec.size_px, _acquisition(spec), rng, magnetic)
     truth.attrs["spec"] = _spec_attrs(spec)
     return images, truth
 
@@ -272,19 +313,38 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
     rows = []
     for spec in specs:
         images, truth = simulate_series(spec)
-        imagefiles.write_tiff(out_dir / f"{spec.series}.tif", images, spec.pixel_size_nm)
-        truth.to_zarr(out_dir / f"{spec.series}.truth.zarr", mode="w", zarr_format=3, consolidated=False)
-        rows.append(
-            {
-                "series": spec.series,
-                "files": f"{spec.series}.tif",
-                "defocus_nm": ",".join(f"{d:g}" for d in spec.defocus_nominal_nm),
-                "session": spec.session,
-                "acquired": spec.acquired,
-                "truth": f"{spec.series}.truth.zarr",
-            }
-        )
-    sheet = out_dir / "series.tsv"
+        row = write_series(out_dir, spec.series, images, truth, spec.pixel_size_nm, spec.defocus_nominal_nm)
+        rows.append({**row, "session": spec.session, "acquired": spec.acquired})
+    return write_sheet(out_dir, rows)
+
+
+def write_series(
+    out_dir: Path,
+    series: str,
+    images: np.ndarray,
+    truth: xr.Dataset,
+    pixel_size_nm: float,
+    defocus_nominal_nm: tuple[float, ...],
+    session: str = "",
+    acquired: str = "",
+) -> dict[str, str]:
+    """Write one series into ``out_dir``: its images as ``<series>.tif`` (calibrated TIFF stack)
+    and its truth as ``<series>.truth.zarr``; returns its row of the series sheet (:func:`write_sheet`)."""
+    imagefiles.write_tiff(out_dir / f"{series}.tif", images, pixel_size_nm)
+    truth.to_zarr(out_dir / f"{series}.truth.zarr", mode="w", zarr_format=3, consolidated=False)
+    return {
+        "series": series,
+        "files": f"{series}.tif",
+        "defocus_nm": ",".join(f"{d:g}" for d in defocus_nominal_nm),
+        "session": session,
+        "acquired": acquired,
+        "truth": f"{series}.truth.zarr",
+    }
+
+
+def write_sheet(out_dir: Path, rows: list[dict[str, str]]) -> Path:
+    """Write the series sheet ``out_dir/series.tsv`` (columns :data:`SHEET_COLUMNS`) of these rows."""
+    sheet = Path(out_dir) / "series.tsv"
     with open(sheet, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SHEET_COLUMNS, delimiter="\t", lineterminator="\n")
         writer.writeheader()

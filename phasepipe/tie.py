@@ -43,6 +43,13 @@ def tie_phase(
     more, islands with less (docs/physics.md, "What the data identify").
     """
     didz, focus = intensity_derivative(images, defocus_nm)
+    return phase_from_derivative(didz, focus, pixel_size_nm, voltage_v, qc_cycles)
+
+
+def phase_from_derivative(
+    didz: np.ndarray, focus: np.ndarray, pixel_size_nm: float, voltage_v: float, qc_cycles: float = 1.0
+) -> np.ndarray:
+    """TIE phase (rad, zero mean) from dI/dz and the in-focus intensity (both mean-normalised)."""
     h, w = focus.shape
     didz_m = _mirror(didz)
     focus_m = np.clip(_mirror(focus), 0.05 * focus.mean(), None)
@@ -62,3 +69,29 @@ def tie_phase(
     div = np.fft.ifft2(2j * np.pi * (qy * np.fft.fft2(gy) + qx * np.fft.fft2(gx))).real
     phase = solve(div).real[:h, :w]
     return phase - phase.mean()
+
+
+def separation(
+    anchor: tuple[np.ndarray, np.ndarray],
+    partner: tuple[np.ndarray, np.ndarray],
+    relation: str,
+    pixel_size_nm: float,
+    voltage_v: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(phi_e, phi_m) by TIE from two series of the same area, as PyLorentz separates a flip
+    pair: ``anchor`` and ``partner`` are (images, nominal defocus), the partner's images already
+    brought into the anchor's frame (mirrored back, registered). ``flip``: phi_e from the mean of
+    the two dI/dz, phi_m from half their difference; ``reference`` (the partner holds no magnetic
+    contrast): phi_e from the partner's dI/dz, phi_m from the difference. The baseline the joint
+    fit is judged against."""
+    didz_a, focus_a = intensity_derivative(*anchor)
+    didz_b, focus_b = intensity_derivative(*partner)
+    focus = (focus_a + focus_b) / 2
+    if relation == "flip":
+        electrostatic, magnetic = (didz_a + didz_b) / 2, (didz_a - didz_b) / 2
+    else:
+        electrostatic, magnetic = didz_b, didz_a - didz_b
+    return (
+        phase_from_derivative(electrostatic, focus, pixel_size_nm, voltage_v),
+        phase_from_derivative(magnetic, focus, pixel_size_nm, voltage_v),
+    )

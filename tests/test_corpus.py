@@ -41,7 +41,7 @@ def test_every_family_gives_a_sampled_phase_of_its_kind(family):
     """Phase of a few rad (weak: below 3; wraps: more than 2 pi over and over), no step beyond pi
     between pixels."""
     rng = np.random.default_rng(0)
-    phase, amplitude = corpus.specimen(family, 192, 128, rng)
+    phase, amplitude, _ = corpus.specimen(family, 192, 128, rng)
     assert phase.shape == amplitude.shape == (192, 192)
     assert np.all((amplitude > 0) & (amplitude <= 1))
     assert max(np.abs(np.diff(phase, axis=a)).max() for a in (0, 1)) < np.pi

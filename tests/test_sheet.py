@@ -198,3 +198,129 @@ def test_paths_glob_in_a_folder_with_brackets(tmp_path):
     folder.mkdir()
     (folder / "img1.tif").write_bytes(b"")
     assert _row(folder, "img*.tif").paths() == [folder / "img1.tif"]
+
+
+PARTNERS = f"{HEADER}|partner|relation\n"
+
+
+def _groups(folder: Path, text: str) -> tuple[dict[str, sheet.Group], dict[str, str], dict[str, sheet.SeriesRow]]:
+    """The groups by id, the warnings and the rows of a sheet with partner and relation columns."""
+    rows = sheet.read_sheet(_sheet(folder, PARTNERS + text), MICROSCOPE)
+    groups, warnings = sheet.partner_groups(rows)
+    return {g.id: g for g in groups}, warnings, {row.series: row for row in rows}
+
+
+def test_partner_columns_are_optional_and_parsed(tmp_path):
+    """An old sheet still reads, partner fields empty; relation is stripped and lower-cased."""
+    rows = _rows(tmp_path, f"{HEADER}\na|a.tif|-1.6mm,0,1.6mm\n")
+    assert (rows["a"].partner, rows["a"].relation) == ("", "")
+    assert sheet.partner_groups(list(rows.values())) == ([], {})
+    _, _, rows = _groups(tmp_path, "a|a.tif|-1.6mm,0,1.6mm| b | Flip \nb|b.tif|-1.6mm,0,1.6mm|a|FLIP\n")
+    assert (rows["a"].partner, rows["a"].relation, rows["b"].relation) == ("b", "flip", "flip")
+
+
+def test_a_flip_pair_is_one_group_anchored_on_its_first_row(tmp_path):
+    """Both rows name each other as flip: one group, the first of the two in the sheet its anchor."""
+    groups, warnings, _ = _groups(
+        tmp_path,
+        "alone|x.tif|-1.6mm,0,1.6mm||\nup|u.tif|-1.6mm,0,1.6mm|down|flip\ndown|d.tif|-1.6mm,0,1.6mm|up|flip\n",
+    )
+    assert warnings == {}
+    (group,) = groups.values()
+    assert (group.id, group.anchor, group.members, group.relation) == ("up+down", "up", ("up", "down"), "flip")
+    assert (group.role("up"), group.role("down")) == ("magnetic", "flip")
+    with pytest.raises(KeyError):
+        group.role("alone")
+    # The other way round in the sheet, the other anchor.
+    groups, _, _ = _groups(tmp_path, "down|d.tif|-1.6mm,0,1.6mm|up|flip\nup|u.tif|-1.6mm,0,1.6mm|down|flip\n")
+    assert list(groups) == ["down+up"] and groups["down+up"].anchor == "down"
+
+
+def test_a_reference_serving_two_series_is_one_group(tmp_path):
+    """A reference named by two series: one group, the reference first, the others in sheet order."""
+    groups, warnings, _ = _groups(
+        tmp_path,
+        "m2|b.tif|-1.6mm,0,1.6mm|ref|reference\nref|r.tif|-1.6mm,0,1.6mm||\nm1|a.tif|-1.6mm,0,1.6mm|ref|Reference\n",
+    )
+    assert warnings == {}
+    (group,) = groups.values()
+    assert (group.id, group.anchor, group.members, group.relation) == (
+        "ref+m2+m1",
+        "ref",
+        ("ref", "m2", "m1"),
+        "reference",
+    )
+    assert [group.role(s) for s in group.members] == ["reference", "magnetic", "magnetic"]
+    assert all("+" not in s and sheet.SERIES_ID.match(s) for s in group.members)
+
+
+# A flip pair and a reference group, which every bad case below leaves as they are.
+GOOD = (
+    "p|p.tif|-1.6mm,0,1.6mm|q|flip\n"
+    "q|q.tif|-1.6mm,0,1.6mm|p|flip\n"
+    "r|r.tif|-1.6mm,0,1.6mm||\n"
+    "s|s.tif|-1.6mm,0,1.6mm|r|reference\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "warned", "expected"),
+    [
+        pytest.param("a|a.tif|-1.6mm,0,1.6mm|nobody|flip\n", ["a"], ["'nobody'", "not a series"], id="missing"),
+        pytest.param("a|a.tif|-1.6mm,0,1.6mm|a|flip\n", ["a"], ["names a itself"], id="itself"),
+        pytest.param(
+            "a|a.tif|-1.6mm,0,1.6mm|b|mirror\nb|b.tif|-1.6mm,0,1.6mm|a|flip\n",
+            ["a", "b"],
+            ["'mirror'", "partner b", "flip", "reference"],
+            id="unknown-relation",
+        ),
+        pytest.param("a|a.tif|-1.6mm,0,1.6mm|r|\n", ["a"], ["relation is empty", "partner r"], id="no-relation"),
+        pytest.param("a|a.tif|-1.6mm,0,1.6mm||flip\n", ["a"], ["'flip'", "partner is empty"], id="no-partner"),
+        pytest.param(
+            "a|a.tif|-1.6mm,0,1.6mm|b|flip\nb|b.tif|-1.6mm,0,1.6mm|c|flip\nc|c.tif|-1.6mm,0,1.6mm|b|flip\n",
+            ["a"],
+            ["flip partner b", "names c as flip", "each other"],  # b and c, a flip pair, stay one
+            id="third-series",
+        ),
+        pytest.param(
+            "a|a.tif|-1.6mm,0,1.6mm|b|flip\nb|b.tif|-1.6mm,0,1.6mm||\n",
+            ["a"],
+            ["flip partner b", "names no partner"],
+            id="flip-one-way",
+        ),
+        pytest.param(
+            "a|a.tif|-1.6mm,0,1.6mm|b|flip\nb|b.tif|-1.6mm,0,1.6mm|a|reference\n",
+            ["a", "b"],
+            ["b"],
+            id="flip-against-reference",
+        ),
+        pytest.param(
+            "a|a.tif|-1.6mm,0,1.6mm|p|reference\n",
+            ["a"],
+            ["reference p", "names a partner of its own", "q", "out of scope"],
+            id="reference-with-partner",
+        ),
+        pytest.param(
+            "a|a.tif|-1.6mm,0,1.6mm|bad|flip\nbad|b.tif|-1,zero,1|a|flip\nc|c.tif|-1.6mm,0,1.6mm|bad|reference\n",
+            ["a", "c"],
+            ["partner bad", "fails at ingestion"],
+            id="partner-fails",
+        ),
+    ],
+)
+def test_an_unusable_partner_leaves_the_series_alone(tmp_path, text, warned, expected):
+    """Each bad partner relation warns its series, naming it and its partner: no row problem, no
+    group for it, and the good groups of the same sheet still form."""
+    rows = sheet.read_sheet(_sheet(tmp_path, PARTNERS + GOOD + text), MICROSCOPE)
+    groups, warnings = sheet.partner_groups(rows)
+    assert sorted(warnings) == sorted(warned)
+    for sid in warned:
+        message = warnings[sid]
+        assert message.startswith(f"series {sid}: ") and message.endswith(f"{sid} is reconstructed alone")
+        for part in expected if sid == warned[0] else []:
+            assert part in message, f"{part!r} not in {message!r}"
+    problems = {row.series: row.problem for row in rows if row.problem}
+    assert not set(problems) & set(warned)
+    assert list(problems) == (["bad"] if "bad|" in text else [])
+    assert [g.id for g in groups][:2] == ["p+q", "r+s"]
+    assert not {s for g in groups for s in g.members} & {*warned, *problems}
