@@ -30,6 +30,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/separate.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/release.smk"
 

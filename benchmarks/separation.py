@@ -67,6 +67,7 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
                 "phase": result.phase.astype(float),
                 "amplitude": result.amplitude.astype(float),
                 "calibration": calibration,
+                "shifts_px": result.values["shifts_px"],
                 "tv_weight": result.tv_weight,
             }
         )
@@ -74,7 +75,16 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     if relation == "reference":  # the reference is the anchor
         members, starts, truths = members[::-1], starts[::-1], truths[::-1]
     magnetic_index = 1 if relation == "reference" else 0
-    similarities = joint.register_members(members, starts)
+    try:
+        similarities = joint.register_members(members, starts)
+    except joint.RegistrationError as exc:
+        return {
+            "case": case.name,
+            "relation": relation,
+            "n_images": case.n_images,
+            "noise": case.noise,
+            "error": str(exc),
+        }
     separated = joint.separate(members, starts, similarities, corpus.PIXEL_NM, settings, starts[0]["tv_weight"])
     truth = truths[magnetic_index]
     result = separated[magnetic_index]
@@ -149,6 +159,10 @@ def main() -> None:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(run_pair, jobs))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['case']} {row['relation']}: not separated: {row['error']}")
+    rows = [row for row in rows if "error" not in row]
     columns = (
         "acc_m",
         "acc_m_free",

@@ -38,7 +38,24 @@ def image_table(ds) -> pd.DataFrame:
         columns.update({name: ds[name].values for name in (*output.columns, *output.std_columns)})
     columns.update({name: ds[name].values for name in ("rotation_deg", "scale", "registration_confidence")})
     columns.update(series_outputs(ds))
+    columns.update(separation_columns(ds))
     return pd.DataFrame(columns)
+
+
+SEPARATION_COLUMNS = ("partner_rotation_deg", "partner_scale", "partner_shift_y_px", "partner_shift_x_px")
+
+
+def separation_columns(ds) -> dict:
+    """How a series' phase was separated: jointly with related series (its relation, role and
+    frame in its group's anchor's) or by its absorption (the constant k); empty where it was not."""
+    record = json.loads(ds.attrs.get("separation", "{}"))
+    return {
+        "separation": record.get("relation", ""),
+        "separation_role": record.get("role", ""),
+        "separation_group": "+".join(record.get("members", [])),
+        "separation_scale_rad": record.get("scale_rad", np.nan),
+        **{name: ds.attrs.get(name, np.nan) for name in SEPARATION_COLUMNS},
+    }
 
 
 def series_outputs(ds) -> dict[str, float]:
@@ -98,7 +115,14 @@ def truth_figures(ds, truth_path: str) -> dict:
     true_phase = truth["phase"].values
     errors = metrics.defocus_errors(ds["defocus_nm"].values, truth["defocus_nm"].values)
     focus = np.abs(truth["defocus_nm"].values) < 1.0
+    separated = {
+        f"acc_{part}_truth": metrics.phase_accuracy(ds[f"phase_{part}"].values, truth[f"phase_{part}"].values)
+        if f"phase_{part}" in ds and f"phase_{part}" in truth
+        else np.nan
+        for part in ("magnetic", "electrostatic")
+    }
     return {
+        **separated,
         "acc_truth": metrics.phase_accuracy(ds["phase"].values, true_phase),
         "acc_tie_truth": metrics.phase_accuracy(ds["tie_phase"].values, true_phase),
         "phase_rmse_truth_rad": metrics.phase_rmse(ds["phase"].values, true_phase),
@@ -111,8 +135,9 @@ def truth_figures(ds, truth_path: str) -> dict:
     }
 
 
-def series_row(ds) -> dict:
-    """series_summary.csv row of one reconstructed (or failed) series."""
+def series_row(ds, warning: str = "") -> dict:
+    """series_summary.csv row of one reconstructed (or failed) series; ``warning``: one more
+    quality reason from outside its store (the sheet's partner checks)."""
     row = {
         "series": ds.attrs["series"],
         "status": ds.attrs.get("status", "ok"),
@@ -129,6 +154,7 @@ def series_row(ds) -> dict:
     reasons = quality.alignment_reasons(ds.attrs, ds["registration_confidence"].values)
     reasons += quality.fit_reasons(ds.attrs, acc_ad_vs_tie)
     reasons += quality.calibration_reasons(ds["defocus_nominal_nm"].values, ds["defocus_std_nm"].values)
+    reasons += [text for text in (warning, ds.attrs.get("separation_warning", "")) if text]
     nominal = ds["defocus_nominal_nm"].values
     recovered = ds["defocus_nm"].values
     defocused = np.abs(nominal) > 0
@@ -155,6 +181,7 @@ def series_row(ds) -> dict:
             if defocused.sum() >= 2
             else np.nan,
             **series_outputs(ds),
+            **separation_columns(ds),
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
             "alignment_residual_px": ds.attrs.get("alignment_residual_px", np.nan),
             "registration_confidence_min": float(ds["registration_confidence"].min()),
@@ -239,10 +266,13 @@ def figure_title(row: pd.Series) -> str:
     return title
 
 
-def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) -> None:
+def aggregate(
+    stores: list[Path], out_dir: Path, campaign: str, settings: dict, warnings: dict[str, str] | None = None
+) -> None:
     """Write parameters.csv, series_summary.csv, campaign_summary.json and figures/ into ``out_dir``;
     ``settings``: the config's ``aggregate`` section (checked against the schema, the shipped
-    defaults filling in what it lacks)."""
+    defaults filling in what it lacks); ``warnings``: quality reasons by series from outside the
+    stores."""
     from phasepipe import figures
 
     threshold = configuration.section("aggregate", settings)["outlier_z"]
@@ -252,7 +282,7 @@ def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) 
     tables, rows, done = [], [], {}
     for path in sorted(stores):
         ds = io.open_store(path).load()
-        rows.append(series_row(ds))
+        rows.append(series_row(ds, (warnings or {}).get(ds.attrs["series"], "")))
         if io.is_failed(ds):
             log.warning("series %s failed: %s", ds.attrs["series"], ds.attrs.get("error"))
             continue
@@ -274,6 +304,8 @@ def aggregate(stores: list[Path], out_dir: Path, campaign: str, settings: dict) 
             ds.attrs["pixel_size_nm"],
             figure_title(row),
             fig_dir / f"{row['series']}.png",
+            ds["phase_magnetic"].values if "phase_magnetic" in ds else None,
+            ds["phase_electrostatic"].values if "phase_electrostatic" in ds else None,
         )
     params.to_csv(out_dir / "parameters.csv", index=False, float_format="%.6g")
     summary.to_csv(out_dir / "series_summary.csv", index=False, float_format="%.6g")

@@ -224,12 +224,38 @@ def _reconstruct(args: argparse.Namespace, settings, tiles, series: str):
                 shown.close()
 
 
+def cmd_separate(args: argparse.Namespace) -> None:
+    import torch
+
+    from phasepipe import configuration, partners
+
+    torch.set_num_threads(args.threads)
+    try:
+        section = configuration.section("reconstruction", json.loads(args.settings))
+    except configuration.ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    group = json.loads(args.group)
+    if not len(args.aligned) == len(args.reconstructed) == len(group["members"]):
+        log.error("separate: give one aligned and one reconstructed store per member of %s", group["members"])
+        sys.exit(2)
+    warnings = partners.separate_group(
+        group, [Path(p) for p in args.aligned], [Path(p) for p in args.reconstructed], section, Path(args.out)
+    )
+    if not warnings:
+        log.info("separated %s (%s)", ", ".join(group["members"]), group["relation"])
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from phasepipe import aggregate, configuration
 
     try:
         aggregate.aggregate(
-            [Path(s) for s in args.stores], Path(args.out), campaign=args.campaign, settings=json.loads(args.settings)
+            [Path(s) for s in args.stores],
+            Path(args.out),
+            campaign=args.campaign,
+            settings=json.loads(args.settings),
+            warnings=json.loads(args.warnings),
         )
     except configuration.ConfigError as exc:
         log.error("%s", exc)
@@ -403,11 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
     _record_failure_flag(p)
     p.set_defaults(func=cmd_reconstruct)
 
+    p = sub.add_parser(
+        "separate", help="fit related series (a flip pair, a reference and its series) jointly: phi_m and phi_e apart"
+    )
+    p.add_argument("--group", required=True, help="JSON: members (anchor first), relation, roles by series")
+    p.add_argument("--aligned", nargs="+", required=True, help="the members' aligned stores, in member order")
+    p.add_argument("--reconstructed", nargs="+", required=True, help="their reconstructed stores, in member order")
+    p.add_argument("--settings", default="{}", help="JSON of the config's 'reconstruction' section")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", required=True, help="output folder: <series>.zarr for every member")
+    p.set_defaults(func=cmd_separate)
+
     p = sub.add_parser("aggregate", help="campaign tables, statistics and figures from reconstructed stores")
     p.add_argument("--stores", nargs="+", required=True, help="reconstructed stores")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--campaign", default="campaign", help="campaign name")
     p.add_argument("--settings", default="{}", help="JSON of the config's 'aggregate' section")
+    p.add_argument("--warnings", default="{}", help="JSON: a warning by series id, added to its quality reasons")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("release", help="publish an immutable, versioned release")

@@ -158,8 +158,11 @@ def series_figure(
     pixel_size_nm: float,
     title: str,
     path: str | Path,
+    phase_magnetic: np.ndarray | None = None,
+    phase_electrostatic: np.ndarray | None = None,
 ) -> Path:
-    """AD phase, TIE phase and induction colour map of one through-focus series.
+    """AD phase, TIE phase and induction colour map of one through-focus series; for a separated
+    series also its electrostatic phase, and the induction from its magnetic phase.
 
     Parameters
     ----------
@@ -172,6 +175,10 @@ def series_figure(
         Figure title.
     path : str or Path
         Output PNG.
+    phase_magnetic, phase_electrostatic : (y, x) arrays, optional
+        The separated phases (rad): the induction is drawn from the magnetic one, with the
+        electrostatic one beside the total (a rim's electrostatic step would otherwise dominate
+        the induction map).
 
     Returns
     -------
@@ -179,11 +186,16 @@ def series_figure(
         ``path``.
     """
     phase = np.asarray(phase, dtype=float)
+    magnetic = phase if phase_magnetic is None else np.asarray(phase_magnetic, dtype=float)
     tie_phase = np.asarray(tie_phase, dtype=float)
     ad = phase - np.nanmean(phase)
     tie = tie_phase - np.nanmean(tie_phase)
     vmin, vmax = _robust_limits(ad)
-    rgb, norm = _induction(phase, pixel_size_nm)
+    rgb, norm = _induction(magnetic, pixel_size_nm)
+    panels = [(ad, "AD phase"), (tie, "TIE phase")]
+    if phase_electrostatic is not None:
+        electrostatic = np.asarray(phase_electrostatic, dtype=float)
+        panels.insert(1, (electrostatic - np.nanmean(electrostatic), "Electrostatic phase"))
 
     ny, nx = phase.shape
     # extent is in pixel-edge coordinates; y runs downwards like the array rows, which keeps the
@@ -191,10 +203,11 @@ def series_figure(
     extent = (0.0, nx * pixel_size_nm, ny * pixel_size_nm, 0.0)
     # Size the figure to the image aspect ratio, so panels are neither squashed nor padded.
     panel_w = 4.2
-    fig = Figure(figsize=(3 * panel_w + 3.0, panel_w * ny / nx + 0.9), layout="constrained")
-    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    n = len(panels) + 1
+    fig = Figure(figsize=(n * panel_w + 3.0, panel_w * ny / nx + 0.9), layout="constrained")
+    axes = fig.subplots(1, n, sharex=True, sharey=True)
 
-    for ax, img, name in ((axes[0], ad, "AD phase"), (axes[1], tie, "TIE phase")):
+    for ax, (img, name) in zip(axes, panels, strict=False):
         im = ax.imshow(img, cmap=PHASE_CMAP, vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
         ax.set_title(name)
         # An inset in axes coordinates follows the image's true (aspect-corrected) height, so the
@@ -203,9 +216,9 @@ def series_figure(
         cbar = fig.colorbar(im, cax=cax, extend="both")
         cbar.set_label("phase (rad)")
 
-    ax = axes[2]
+    ax = axes[-1]
     ax.imshow(rgb, extent=extent, interpolation="nearest")
-    ax.set_title("Induction (AD phase)")
+    ax.set_title("Induction (AD phase)" if phase_magnetic is None else "Induction (magnetic phase)")
     # The wheel sits where the other panels have their colour bars, so no data is hidden.
     wax = ax.inset_axes((1.04, 0.55, 0.4, 0.4))
     wax.imshow(colour_wheel(), interpolation="antialiased")

@@ -27,7 +27,7 @@ from skimage.registration import phase_cross_correlation
 from phasepipe import frames, gauge
 from phasepipe.fused import total_variation
 from phasepipe.model import ForwardModel, misfit_per_image
-from phasepipe.optimise import Settings
+from phasepipe.optimise import FitDiverged, Settings
 from phasepipe.parameters import Microscope, Parameters, output_values
 from phasepipe.reconstruct import canvas_margin_px
 
@@ -38,6 +38,7 @@ ROLES = {"magnetic": (1.0, False), "flip": (-1.0, True), "reference": (0.0, Fals
 ITERATIONS = 600
 RATES = {"maps": 0.02, "log_amplitude": 0.005, "angle_deg": 0.005, "log_scale": 1e-4, "shift_px": 0.01}
 ANGLE_STEP_DEG = 2.0  # the registration's search step, before refining
+REGISTRATION_SMOOTHING_PX = 1.5
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def magnetic_maps(members: list[Member]) -> list[int | None]:
 
 
 def _normalised(a: np.ndarray) -> np.ndarray:
-    a = a - ndimage.gaussian_filter(a, 16)  # what registers is structure, not the field's slope
+    # What registers is structure: neither the field's slope nor a fitted map's pixel noise.
+    a = ndimage.gaussian_filter(a, REGISTRATION_SMOOTHING_PX) - ndimage.gaussian_filter(a, 16)
     return (a - a.mean()) / (a.std() + 1e-12)
 
 
@@ -142,17 +144,18 @@ class RegistrationError(ValueError):
 
 def register_members(members: list[Member], starts: list[dict]) -> list[frames.Similarity]:
     """Every member's frame in the anchor's (the anchor's the identity), registered on the
-    absorption (-ln a, which every member sees alike), else on the phase (which a flip or a
-    reference changes by the magnetic part). Raises :class:`RegistrationError` naming the series
-    whose maps do not correlate."""
+    in-focus images (their contrast, mostly absorption, is what every member sees alike: the
+    fitted amplitude is noisier), else, where those correlate too little (a specimen that absorbs
+    nothing), on the fitted phases (which a flip or a reference changes by the magnetic part,
+    biasing the frame by a fraction of a degree and a px). Raises :class:`RegistrationError`
+    naming the series whose maps do not correlate."""
     found = [frames.Similarity()]
     for member, start in zip(members[1:], starts[1:], strict=True):
         mirror = ROLES[member.role][1]
-        best = max(
-            (register(view(starts[0]), view(start), mirror) for view in (_absorption, lambda s: s["phase"])),
-            key=lambda result: result[1],
-        )
-        if best[1] < MIN_CORRELATION or abs(best[0].scale - 1) > MAX_SCALE_CHANGE:
+        best = register(_in_focus(members[0]), _in_focus(member), mirror)
+        if not _registered(best):
+            best = register(starts[0]["phase"], start["phase"], mirror)
+        if not _registered(best):
             raise RegistrationError(
                 f"series {member.series} cannot be registered onto {members[0].series}: their maps correlate by "
                 f"{best[1]:.2f} at best, at a magnification of {best[0].scale:.3f} (no common area?)"
@@ -162,8 +165,14 @@ def register_members(members: list[Member], starts: list[dict]) -> list[frames.S
     return found
 
 
-def _absorption(start: dict) -> np.ndarray:
-    return -np.log(np.clip(start["amplitude"], 1e-3, None))
+def _registered(result: tuple[frames.Similarity, float]) -> bool:
+    return result[1] >= MIN_CORRELATION and abs(result[0].scale - 1) <= MAX_SCALE_CHANGE
+
+
+def _in_focus(member: Member) -> np.ndarray:
+    """-ln of the member's image nearest focus (mean-normalised): its absorption, roughly."""
+    image = np.asarray(member.images[int(np.argmin(np.abs(member.defocus_nominal_nm)))], np.float64)
+    return -np.log(np.clip(image / image.mean(), 1e-3, None))
 
 
 class _Frame(torch.nn.Module):
@@ -182,9 +191,10 @@ class _Frame(torch.nn.Module):
         )
 
     def similarity(self) -> frames.Similarity:
-        return frames.Similarity(
-            self.mirror, float(self.angle_deg), float(self.log_scale.exp()), tuple(self.shift_px.tolist())
-        )
+        with torch.no_grad():
+            return frames.Similarity(
+                self.mirror, float(self.angle_deg), float(self.log_scale.exp()), tuple(self.shift_px.tolist())
+            )
 
 
 def _canvas(window: np.ndarray, margin: int) -> np.ndarray:
@@ -202,8 +212,9 @@ def separate(
 ) -> list[Separated]:
     """Fit the group's shared maps and every member's own parameters jointly.
 
-    ``starts``: each member's own reconstruction (``phase``, ``amplitude`` windows and the
-    calibration factor ``calibration``), from which the shared maps start: phi_e and phi_m from
+    ``starts``: each member's own reconstruction (``phase``, ``amplitude`` windows, the
+    calibration factor ``calibration`` and ``shifts_px``, the drift it refined beyond the aligned
+    images'), from which the fit starts: phi_e and phi_m from
     the members' phases brought into the anchor's frame (sum and difference of a flip pair, the
     reference's phase and the differences to it). ``similarities``: each member's frame in the
     anchor's (the anchor's the identity). The loss is the mean of the members' misfits plus
@@ -241,6 +252,7 @@ def separate(
         )
         with torch.no_grad():
             params.defocus_scale.fill_(math.log(start["calibration"]))
+            params.shifts.copy_(torch.as_tensor(start["shifts_px"], dtype=torch.float32))
         model = ForwardModel(images.shape[1:], pixel_size_nm, member.microscope, settings.device, measured)
         fits.append((model, params, torch.as_tensor(data, dtype=torch.float32), _Frame(similarity)))
     groups = [
@@ -274,8 +286,11 @@ def separate(
         with torch.no_grad():
             phase_e -= phase_e.mean()
             phase_m -= phase_m.mean(dim=(1, 2), keepdim=True)
-        if it % 100 == 0:
-            log.info("joint fit: iteration %d, misfit %.4e", it, float(misfit.detach()) / len(fits))
+        if it % 100 == 0 or it == iterations - 1:
+            value = float(misfit.detach()) / len(fits)
+            if not math.isfinite(value):
+                raise FitDiverged(f"the joint fit of {', '.join(m.series for m in members)} diverged at iteration {it}")
+            log.info("joint fit: iteration %d, misfit %.4e", it, value)
     seconds = time.perf_counter() - t0
     inner = np.s_[margin_a : margin_a + window[0], margin_a : margin_a + window[1]]
     with torch.no_grad():
@@ -294,18 +309,24 @@ def separate(
 
 def _start_maps(members, maps_of, in_anchor) -> tuple[np.ndarray, list[np.ndarray]]:
     """phi_e and each phi_m in the anchor's frame from the members' own phases there (NaN where a
-    member does not see the anchor's window)."""
+    member does not see the anchor's window, which there counts as the anchor's).
+
+    Each series measures its phase only modulo 2 pi: where one member's own fit left a region
+    2 pi off (a slip), the half sum and difference put pi into both maps there, which the joint
+    fit cannot undo, as both members' waves are unchanged by it (docs/physics.md). Unwrapping
+    the difference instead (a slip vanishes from exp(i (phi_a - phi_b))) lowered acc where an own
+    fit was poor for other reasons, and is not done.
+    """
     anchor_phase = in_anchor[0]
+
+    def seen_as(phase):
+        phase = np.where(np.isfinite(phase), phase, anchor_phase)
+        return phase - phase.mean() + anchor_phase.mean()
+
     if members[0].role == "reference":
-        magnetic = [
-            np.nan_to_num(p - anchor_phase - np.nanmean(p - anchor_phase))
-            for p, k in zip(in_anchor, maps_of, strict=True)
-            if k is not None
-        ]
+        magnetic = [seen_as(p) - anchor_phase for p, k in zip(in_anchor, maps_of, strict=True) if k is not None]
         return anchor_phase, magnetic
-    other = in_anchor[1]
-    seen = np.isfinite(other)
-    other = np.where(seen, other - np.nanmean(other) + anchor_phase[seen].mean(), anchor_phase)
+    other = seen_as(in_anchor[1])
     return (anchor_phase + other) / 2, [(anchor_phase - other) / 2]
 
 

@@ -274,6 +274,7 @@ def settings_from_config(section: dict) -> Settings:
         converge=iterations == "auto",
         tv_weight=None if tv == "auto" else float(tv),
         device=device,
+        separation=section["separation"],
     )
 
 

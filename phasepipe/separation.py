@@ -55,3 +55,15 @@ def angular_error_deg(bx, by, true_bx, true_by, inside: np.ndarray) -> float:
     """Median angle (degrees) between recovered and true induction over ``inside``."""
     angle = np.angle((bx + 1j * by) * np.conj(true_bx + 1j * true_by), deg=True)
     return float(np.median(np.abs(angle[inside])))
+
+
+def absorption_dataset(ds):
+    """A reconstructed Dataset with its absorption split (``separation: absorption``): the
+    separated phases, the induction, and the attribute ``separation`` with the constant k."""
+    import json
+
+    electrostatic, magnetic, k = absorption_split(ds["phase"].values.astype(float), ds["amplitude"].values)
+    maps = {"phase_magnetic": magnetic, "phase_electrostatic": electrostatic}
+    maps.update(induction_maps(magnetic, float(ds.attrs["pixel_size_nm"])))
+    out = ds.assign({name: (("y", "x"), np.asarray(value, np.float32)) for name, value in maps.items()})
+    return out.assign_attrs(separation=json.dumps({"relation": "absorption", "scale_rad": round(k, 6)}))

@@ -20,12 +20,28 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import frames, imagefiles, physics
+from phasepipe import frames, imagefiles, physics, sheet
 from phasepipe.parameters import Microscope
 
 TEXTURES = ("vortex", "skyrmions", "stripes")
 PARTICLE_INNER_POTENTIAL_V = 10.0
 PARTICLE_ABSORPTION_MFP_NM = 60.0  # effective, objective-aperture scattering included
+
+
+@dataclass(frozen=True)
+class PartnerSpec:
+    """A second series of a :class:`SeriesSpec`'s field: the specimen turned over (``flip``:
+    phi_m reversed, the image mirrored) or without its magnetic contrast (``reference``), seen
+    rotated by ``angle_deg`` and shifted by ``shift_px`` (:mod:`phasepipe.frames`), with its own
+    drift and noise (``seed``) and its own calibration (None: the series')."""
+
+    series: str
+    relation: str = "flip"
+    angle_deg: float = 3.0
+    shift_px: tuple[float, float] = (4.0, -3.0)
+    calibration: float | None = None
+    seed: int = 0
+    acquired: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,7 @@ class SeriesSpec:
     session: str = ""
     acquired: str = ""
     extra: dict = field(default_factory=dict)  # texture-specific settings
+    partner: PartnerSpec | None = None  # a second series of the same field
 
 
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,13 +314,27 @@ def simulate_series(spec: SeriesSpec) -> tuple[np.ndarray, xr.Dataset]:
     return images, truth
 
 
+def simulate_partner(spec: SeriesSpec) -> tuple[np.ndarray, xr.Dataset]:
+    """Simulate the series ``spec.partner`` describes, of the same field as ``spec``'s."""
+    partner = spec.partner
+    rng = np.random.default_rng(spec.seed)
+    phase, amplitude, magnetic = exit_wave(spec, rng, spec.size_px + 2 * margin_px(spec))
+    similarity = frames.Similarity(partner.relation == "flip", partner.angle_deg, 1.0, tuple(partner.shift_px))
+    wave = partner_wave(phase, amplitude, magnetic, partner.relation, similarity)
+    calibration = spec.calibration if partner.calibration is None else partner.calibration
+    acquisition = dataclasses.replace(_acquisition(spec), calibration=calibration)
+    images, truth = record(*wave[:2], spec.size_px, acquisition, np.random.default_rng(partner.seed), wave[2])
+    truth.attrs["spec"] = _spec_attrs(spec)
+    return images, truth
+
+
 def _spec_attrs(spec: SeriesSpec) -> dict:
     attrs = asdict(spec)
     attrs["defocus_nominal_nm"] = list(spec.defocus_nominal_nm)
     return attrs
 
 
-SHEET_COLUMNS = ("series", "files", "defocus_nm", "session", "acquired", "truth")
+SHEET_COLUMNS = ("series", "files", "defocus_nm", "session", "acquired", "truth", "partner", "relation")
 
 
 def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
@@ -315,6 +346,15 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
         images, truth = simulate_series(spec)
         row = write_series(out_dir, spec.series, images, truth, spec.pixel_size_nm, spec.defocus_nominal_nm)
         rows.append({**row, "session": spec.session, "acquired": spec.acquired})
+        if spec.partner is not None:
+            partner = spec.partner
+            images, truth = simulate_partner(spec)
+            row = write_series(out_dir, partner.series, images, truth, spec.pixel_size_nm, spec.defocus_nominal_nm)
+            rows.append({**row, "session": spec.session, "acquired": partner.acquired})
+            # A flip pair names each other; a reference is named by the series it serves, and names no one.
+            rows[-2].update(partner=partner.series, relation=partner.relation)
+            if partner.relation == "flip":
+                rows[-1].update(partner=spec.series, relation="flip")
     return write_sheet(out_dir, rows)
 
 
@@ -380,7 +420,33 @@ def demo_campaign() -> list[SeriesSpec]:
             extra={"radius_frac": 0.42},
             **day2,
         ),
+        # A skyrmion island imaged, then turned over (a flip pair): its rim's electrostatic step
+        # (about 6 rad) dominates the total phase, and the joint fit separates phi_m from it.
+        SeriesSpec(
+            "s05_skyrmions",
+            "skyrmions",
+            seed=5,
+            b0_t=0.45,
+            island_frac=0.42,
+            acquired="2026-03-09T14:00:00",
+            partner=PartnerSpec(
+                "s06_skyrmions_flipped", "flip", 3.0, (4.0, -3.0), seed=6, acquired="2026-03-09T14:40:00"
+            ),
+            **day2,
+        ),
     ]
 
 
-DEMO_SERIES = tuple(spec.series for spec in demo_campaign())
+def _demo_series() -> tuple[str, ...]:
+    return tuple(s for spec in demo_campaign() for s in (spec.series, *([spec.partner.series] if spec.partner else [])))
+
+
+DEMO_SERIES = _demo_series()
+# The demo's groups of related series, as the workflow reads them from a sheet (sheet.partner_groups).
+DEMO_GROUPS = tuple(
+    sheet.Group(spec.series, (spec.series, spec.partner.series), spec.partner.relation)
+    if spec.partner.relation == "flip"
+    else sheet.Group(spec.partner.series, (spec.partner.series, spec.series), "reference")
+    for spec in demo_campaign()
+    if spec.partner is not None
+)

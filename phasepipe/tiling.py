@@ -34,7 +34,18 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from phasepipe import cluster, configuration, io, optimise, parameters, physics, reconstruct, resume, tilegrid
+from phasepipe import (
+    cluster,
+    configuration,
+    io,
+    optimise,
+    parameters,
+    physics,
+    reconstruct,
+    resume,
+    separation,
+    tilegrid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +335,12 @@ def reconstruct_store(
     ds = io.open_store(store)
     if ds.sizes["y"] <= tiling.tile_px and ds.sizes["x"] <= tiling.tile_px:
         result = reconstruct.reconstruct_dataset(ds.load(), settings, on_iteration)
+        if settings.separation == "absorption":
+            result = separation.absorption_dataset(result)
         io.write_store(result, out)
         return result
+    if settings.separation == "absorption":
+        log.warning("%s: separation absorption is not done on fields larger than one tile", ds.attrs["series"])
     return reconstruct_tiled(store, out, records_root, settings, tiling, on_tiles)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "outputs.md"
 TILED = "tiled fields only"
+SEPARATED = "separated series only"
 
 
 def readme_command(section: str) -> str:
@@ -28,8 +29,9 @@ def section(title: str) -> str:
     return match.group(1)
 
 
-def documented(title: str) -> tuple[set[str], set[str]]:
-    """The names in the first column of a section's table: (all of them, those for tiled fields only).
+def documented(title: str, marker: str = TILED) -> tuple[set[str], set[str]]:
+    """The names in the first column of a section's table: (all of them, those whose row says
+    ``marker``: only tiled fields' or only separated series' stores have them).
 
     A cell may list several names (```a`, `b```); a name starting with '.' is a sibling of the
     cell's first name (```c.mean`, `.std``` is c.mean and c.std).
@@ -44,7 +46,7 @@ def documented(title: str) -> tuple[set[str], set[str]]:
         parent = cell[0].rsplit(".", 1)[0]
         found = {parent + name if name.startswith(".") else name for name in cell}
         names |= found
-        if TILED in rest:
+        if marker in rest:
             tiled |= found
     return names, tiled
 

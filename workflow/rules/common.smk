@@ -2,6 +2,7 @@ import functools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from phasepipe import imagefiles, io, optimise, sheet, simulate, status
+from phasepipe import imagefiles, io, joint, optimise, sheet, simulate, status
 
 # The phasepipe of the Python that runs Snakemake, whatever PATH holds (a clean shell, cron, a
 # SLURM job); SLURM jobs run Snakemake with that same Python.
@@ -24,6 +25,7 @@ SHEET = str(WORK / "demo" / "series.tsv") if DEMO else PATHS["series_sheet"]
 if DEMO:
     SERIES = list(simulate.DEMO_SERIES)
     ROWS = {}
+    GROUPS, PARTNER_WARNINGS = list(simulate.DEMO_GROUPS), {}
 else:
     try:
         ROWS = {row.series: row for row in sheet.read_sheet(SHEET, config["microscope"])}
@@ -35,21 +37,19 @@ else:
     for row in ROWS.values():
         if row.problem:  # the series fails at ingestion, before any of its work; the others run
             logger.warning(f"{row.problem} (this series will fail; the others run)")
-    # The joint fit of related series (phasepipe/joint.py) is not yet a stage of the workflow:
-    # every series is reconstructed alone, and the sheet's partner problems are reported.
+    # Related series (flip pairs, references) are fitted jointly (separate.smk); a series whose
+    # partner relation cannot be used is reconstructed alone, with the reason in its quality.
     GROUPS, PARTNER_WARNINGS = sheet.partner_groups(list(ROWS.values()))
     for warning in PARTNER_WARNINGS.values():
         logger.warning(warning)
-    for group in GROUPS:
-        logger.warning(
-            f"series {', '.join(group.members)} ({group.relation}): the workflow does not yet fit related series "
-            "jointly; each is reconstructed alone (benchmarks/separation.py runs the joint fit)"
-        )
 
 RELEASE_RECORD = str(WORK / "release.json")
+GROUP_BY_ID = {group.id: group for group in GROUPS}
+GROUP_OF = {series: group for group in GROUPS for series in group.members}
 
 wildcard_constraints:
     series="|".join(SERIES) or "NO_SERIES",
+    group="|".join(re.escape(g) for g in GROUP_BY_ID) or "NO_GROUP",
 
 
 def as_json(value) -> str:
@@ -98,6 +98,19 @@ def sheet_row(wildcards) -> str:
 
 def store(stage: str, series: str = "{series}") -> str:
     return str(WORK / stage / f"{series}.zarr")
+
+
+def final_store(series: str) -> str:
+    """A series' store as released: its group's joint fit's where it has one, else its own."""
+    if series in GROUP_OF:
+        return str(WORK / "separated" / GROUP_OF[series].id / f"{series}.zarr")
+    return store("reconstructed", series)
+
+
+def final_outputs() -> list[str]:
+    """What the released stores come from: every group's folder and the other series' stores."""
+    groups = sorted({str(WORK / "separated" / g.id) for g in GROUPS})
+    return groups + [store("reconstructed", s) for s in SERIES if s not in GROUP_OF]
 
 
 # Job sizes, for cluster schedulers (workflow/profiles/slurm). A per-series job asks for a fixed

@@ -1,0 +1,48 @@
+"""The magnetic phase of one series by its absorption, and the induction of a magnetic phase."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from phasepipe import corpus, metrics, separation
+
+
+def _pair(relation):
+    return corpus.simulate_pair(corpus.Case("elements", 0, 96, 3, 0.8, 0.05), relation)
+
+
+def test_absorption_split_recovers_one_materials_constant():
+    """A specimen of one material: phi_e = k (-ln a) exactly; the split finds k and phi_m."""
+    (_, truth), _, _ = _pair("flip")
+    phase, amplitude = truth["phase"].values, truth["amplitude"].values
+    true_k = np.ptp(truth["phase_electrostatic"].values) / np.ptp(-np.log(amplitude))
+    electrostatic, magnetic, k = separation.absorption_split(phase, amplitude)
+    assert k == pytest.approx(true_k, rel=0.1)
+    assert metrics.phase_accuracy(magnetic, truth["phase_magnetic"].values) > 0.98
+    assert metrics.phase_accuracy(phase, truth["phase_magnetic"].values) < 0.9  # what the split removes
+
+
+def test_induction_angle_of_a_reversed_field_is_180_degrees():
+    y, x = np.mgrid[:32, :32].astype(float)
+    maps = separation.induction_maps(0.1 * y, 5.0)
+    assert maps["induction_x_tnm"].mean() > 0 and np.abs(maps["induction_y_tnm"]).max() < 1e-9
+    inside = np.ones((32, 32), bool)
+    bx, by = maps["induction_x_tnm"], maps["induction_y_tnm"]
+    assert separation.angular_error_deg(bx, by, bx, by, inside) == 0
+    assert separation.angular_error_deg(-bx, -by, bx, by, inside) == pytest.approx(180)
+
+
+def test_absorption_dataset_adds_the_separated_maps_and_its_constant():
+    (_, truth), _, _ = _pair("flip")
+    ds = xr.Dataset(
+        {"phase": (("y", "x"), truth["phase"].values), "amplitude": (("y", "x"), truth["amplitude"].values)},
+        attrs={"pixel_size_nm": 5.0},
+    )
+    out = separation.absorption_dataset(ds)
+    assert {"phase_magnetic", "phase_electrostatic", "induction_x_tnm", "induction_y_tnm"} <= set(out.data_vars)
+    record = json.loads(out.attrs["separation"])
+    assert record["relation"] == "absorption" and record["scale_rad"] > 0
+    total = out["phase_magnetic"].values + out["phase_electrostatic"].values
+    assert np.abs(total - (ds["phase"].values - ds["phase"].values.mean())).max() < 1e-4
