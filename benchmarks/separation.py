@@ -45,7 +45,7 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     """One case and its partner through the own fits, the registration, the joint fit and TIE."""
     import torch
 
-    from phasepipe import align, frames, joint, metrics, optimise, parameters, reconstruct, separation, tie
+    from phasepipe import align, frames, joint, metrics, optimise, parameters, physics, reconstruct, separation, tie
 
     torch.set_num_threads(1)
     case, relation = job
@@ -93,8 +93,13 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     magnitude = np.hypot(*true_b)
     inside = magnitude > 0.25 * np.percentile(magnitude, 99)
 
+    nominal = members[magnetic_index].defocus_nominal_nm
+    resolved = physics.resolved_frequency(
+        microscope.beam_divergence_mrad * 1e-3, np.abs(nominal[nominal != 0]).min(), corpus.PIXEL_NM
+    )
+
     def angle(phase_m):
-        maps = separation.induction_maps(phase_m, corpus.PIXEL_NM)
+        maps = separation.induction_maps(phase_m, corpus.PIXEL_NM, resolved)
         return separation.angular_error_deg(maps["induction_x_tnm"], maps["induction_y_tnm"], *true_b, inside)
 
     # TIE on the same aligned images, the partner's in the anchor's frame, then in the magnetic series' frame.

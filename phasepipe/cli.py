@@ -33,7 +33,12 @@ def _progress_bar(total: int | None, description: str, unit: str):
 def cmd_simulate(args: argparse.Namespace) -> None:
     from phasepipe import simulate
 
-    state_options = {"--thickness-nm": args.thickness_nm, "--ms": args.ms, "--pixel-size-nm": args.pixel_size_nm}
+    state_options = {
+        "--thickness-nm": args.thickness_nm,
+        "--ms": args.ms,
+        "--pixel-size-nm": args.pixel_size_nm,
+        "--partner": args.partner,
+    }
     if args.ovf is None and any(v is not None for v in state_options.values()):
         log.error("%s go with --ovf", ", ".join(k for k, v in state_options.items() if v is not None))
         sys.exit(2)
@@ -76,6 +81,7 @@ def _simulate_ovf(args: argparse.Namespace) -> None:
             thickness_nm=args.thickness_nm,
             ms_a_per_m=args.ms,
             pixel_size_nm=args.pixel_size_nm,
+            relation=args.partner,
         )
     except imagefiles.InputError as exc:
         log.error("%s", exc)
@@ -391,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         help="saturation magnetisation in A/m (with --ovf; required when the file holds the unit m, as mumax3 "
         "writes it; default: |M| of a file in A/m, as OOMMF writes it)",
+    )
+    p.add_argument(
+        "--partner",
+        choices=("flip", "reference"),
+        help="with --ovf: also a partner series <series>_<partner> of the state, turned over (flip) or without "
+        "magnetic contrast (reference), rotated and shifted, named in the sheet",
     )
     p.add_argument(
         "--pixel-size-nm", type=_positive, help="image pixel in nm (with --ovf; default: the cell, else resampled)"

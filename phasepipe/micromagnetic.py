@@ -199,9 +199,12 @@ def simulate_state(
     thickness_nm: float | None = None,
     ms_a_per_m: float | None = None,
     pixel_size_nm: float | None = None,
+    partner: simulate.PartnerSpec | None = None,
 ) -> tuple[np.ndarray, xr.Dataset]:
     """Record a through-focus series of the state (:func:`phasepipe.simulate.record`): the images
-    (N, window, window) float32 and the truth, with the magnetic/electrostatic split and induction.
+    (N, window, window) float32 and the truth, with the magnetic/electrostatic split and induction;
+    with ``partner``, the series that partner sees of the same state instead (turned over, or
+    without magnetic contrast: :func:`phasepipe.simulate.partner_wave`).
 
     The pixel is the state's cell, or ``pixel_size_nm``: ``acquisition.pixel_size_nm`` is replaced
     by it, and the field's margin follows from the acquisition (:func:`phasepipe.simulate.field_margin_px`).
@@ -209,9 +212,10 @@ def simulate_state(
     acquisition = dataclasses.replace(acquisition, pixel_size_nm=pixel_size_nm or state.cell_nm[0])
     margin = simulate.field_margin_px(acquisition)
     wave = exit_wave(state, margin, acquisition.pixel_size_nm, acquisition.voltage_kv, thickness_nm, ms_a_per_m)
-    images, truth = simulate.record(
-        wave.phase, wave.amplitude, wave.window, acquisition, rng, magnetic=wave.phase_magnetic
-    )
+    maps = (wave.phase, wave.amplitude, wave.phase_magnetic)
+    if partner is not None:
+        maps = simulate.partner_wave(*maps, partner.relation, partner.similarity())
+    images, truth = simulate.record(maps[0], maps[1], wave.window, acquisition, rng, magnetic=maps[2])
     spec = {**dataclasses.asdict(acquisition), "defocus_nominal_nm": list(acquisition.defocus_nominal_nm)}
     film = {"ovf": state.source, "cell_nm": list(state.cell_nm), "nz": state.nz, "b0_t": wave.b0_t}
     truth.attrs["spec"] = {**spec, **film, "thickness_nm": wave.thickness_nm, "margin_px": margin}
@@ -227,18 +231,27 @@ def write_campaign(
     thickness_nm: float | None = None,
     ms_a_per_m: float | None = None,
     pixel_size_nm: float | None = None,
+    relation: str | None = None,
 ) -> Path:
     """Simulate the state of the OVF file ``path`` (:func:`simulate_state`) and write its images,
     truth store and series sheet into ``out_dir`` as :func:`phasepipe.simulate.write_campaign`
-    does; the series id defaults to the file's name. Returns the sheet."""
+    does; the series id defaults to the file's name. With ``relation`` (``flip`` or
+    ``reference``), also its partner ``<series>_<relation>`` (:class:`phasepipe.simulate.PartnerSpec`'s
+    frame, its own drift and noise), named in the sheet. Returns the sheet."""
     state = read_ovf(path)
     series = series or re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem).lstrip("_.-") or "ovf"
-    images, truth = simulate_state(
-        state, acquisition, np.random.default_rng(seed), thickness_nm, ms_a_per_m, pixel_size_nm
-    )
-    truth.attrs["spec"]["series"] = series
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pixel = truth.attrs["spec"]["pixel_size_nm"]
-    row = simulate.write_series(out_dir, series, images, truth, pixel, acquisition.defocus_nominal_nm)
-    return simulate.write_sheet(out_dir, [row])
+    partners = [None] if relation is None else [None, simulate.PartnerSpec(f"{series}_{relation}", relation)]
+    rows = []
+    for index, partner in enumerate(partners):
+        images, truth = simulate_state(
+            state, acquisition, np.random.default_rng(seed + index), thickness_nm, ms_a_per_m, pixel_size_nm, partner
+        )
+        name = series if partner is None else partner.series
+        truth.attrs["spec"]["series"] = name
+        pixel = truth.attrs["spec"]["pixel_size_nm"]
+        rows.append(simulate.write_series(out_dir, name, images, truth, pixel, acquisition.defocus_nominal_nm))
+    if relation is not None:
+        simulate.name_partners(rows[0], rows[1], relation)
+    return simulate.write_sheet(out_dir, rows)

@@ -122,7 +122,7 @@ def separated_dataset(ds: xr.Dataset, result: joint.Separated, group: dict, seri
         "amplitude": result.amplitude,
         "phase_magnetic": result.phase_magnetic,
         "phase_electrostatic": result.phase_electrostatic,
-        **separation.induction_maps(result.phase_magnetic, pixel),
+        **separation.induction_maps(result.phase_magnetic, pixel, separation.resolved_per_nm(ds)),
     }
     out = ds.assign({name: (("y", "x"), np.asarray(value, np.float32)) for name, value in maps.items()})
     out["defocus_nm"] = (("image",), np.asarray(result.values["defocus_nm"], float))
@@ -132,7 +132,6 @@ def separated_dataset(ds: xr.Dataset, result: joint.Separated, group: dict, seri
         "role": group["roles"][series],
         "members": list(group["members"]),
         "frame_in_anchor": {k: (list(v) if isinstance(v, tuple) else v) for k, v in frame.items()},
-        "joint_seconds": round(result.seconds, 1),
     }
     return out.assign_attrs(
         separation=json.dumps(record),

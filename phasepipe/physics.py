@@ -56,10 +56,21 @@ def fresnel_spread_px(voltage_v: float, beam_divergence_rad: float, defocus_nm: 
     df = abs(defocus_nm)
     if df == 0:
         return 0
-    q_nyquist = 1 / (2 * pixel_size_nm)
-    q_envelope = math.sqrt(math.log(1 / ENVELOPE_FLOOR)) / (math.pi * beam_divergence_rad * df)
-    spread_px = wavelength_nm(voltage_v) * df * min(q_nyquist, q_envelope) / pixel_size_nm
+    spread_px = (
+        wavelength_nm(voltage_v) * df * resolved_frequency(beam_divergence_rad, df, pixel_size_nm) / pixel_size_nm
+    )
     return 8 * math.ceil(spread_px / 8)
+
+
+def resolved_frequency(beam_divergence_rad: float, defocus_nm: float, pixel_size_nm: float) -> float:
+    """The highest spatial frequency (cycles/nm) an image at ``defocus_nm`` resolves: Nyquist, or
+    where the spatial-coherence envelope exp(-(pi theta_c df q)^2) falls below ``ENVELOPE_FLOOR``,
+    whichever is lower."""
+    q_nyquist = 1 / (2 * pixel_size_nm)
+    if defocus_nm == 0 or beam_divergence_rad == 0:
+        return q_nyquist
+    q_envelope = math.sqrt(math.log(1 / ENVELOPE_FLOOR)) / (math.pi * beam_divergence_rad * abs(defocus_nm))
+    return min(q_nyquist, q_envelope)
 
 
 def frequency_grid(shape: tuple[int, int], pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:

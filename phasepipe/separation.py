@@ -13,7 +13,7 @@ electrostatic phase").
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize
+from scipy import ndimage, optimize
 
 from phasepipe import physics
 
@@ -45,10 +45,30 @@ def absorption_split(phase: np.ndarray, amplitude: np.ndarray) -> tuple[np.ndarr
     return electrostatic - electrostatic.mean(), magnetic - magnetic.mean(), k
 
 
-def induction_maps(phase_magnetic: np.ndarray, pixel_size_nm: float) -> dict[str, np.ndarray]:
-    """The in-plane integrated induction (B t, T nm) of a magnetic phase, by the store's names."""
-    bx, by = physics.induction_from_phase(np.asarray(phase_magnetic, float), pixel_size_nm)
+def induction_maps(
+    phase_magnetic: np.ndarray, pixel_size_nm: float, resolved_per_nm: float | None = None
+) -> dict[str, np.ndarray]:
+    """The in-plane integrated induction (B t, T nm) of a magnetic phase, by the store's names.
+
+    ``resolved_per_nm``: the highest frequency the series resolves (:func:`resolved_per_nm`); the
+    phase is first low-passed there (a Gaussian of sigma 1 / (2 pi q)), since a derivative
+    amplifies the fit's noise beyond it, where no image carries the phase.
+    """
+    phase = np.asarray(phase_magnetic, float)
+    if resolved_per_nm is not None:
+        phase = ndimage.gaussian_filter(phase, 1 / (2 * np.pi * resolved_per_nm * pixel_size_nm), mode="nearest")
+    bx, by = physics.induction_from_phase(phase, pixel_size_nm)
     return {"induction_x_tnm": bx.astype(np.float32), "induction_y_tnm": by.astype(np.float32)}
+
+
+def resolved_per_nm(ds) -> float:
+    """The highest frequency (cycles/nm) a series' images resolve: that of its image nearest focus
+    besides focus itself (:func:`phasepipe.physics.resolved_frequency`)."""
+    import json
+
+    nominal = np.abs(ds["defocus_nominal_nm"].values)
+    theta = json.loads(ds.attrs["microscope"])["beam_divergence_mrad"] * 1e-3
+    return physics.resolved_frequency(theta, float(nominal[nominal > 0].min()), float(ds.attrs["pixel_size_nm"]))
 
 
 def angular_error_deg(bx, by, true_bx, true_by, inside: np.ndarray) -> float:
@@ -64,6 +84,6 @@ def absorption_dataset(ds):
 
     electrostatic, magnetic, k = absorption_split(ds["phase"].values.astype(float), ds["amplitude"].values)
     maps = {"phase_magnetic": magnetic, "phase_electrostatic": electrostatic}
-    maps.update(induction_maps(magnetic, float(ds.attrs["pixel_size_nm"])))
+    maps.update(induction_maps(magnetic, float(ds.attrs["pixel_size_nm"]), resolved_per_nm(ds)))
     out = ds.assign({name: (("y", "x"), np.asarray(value, np.float32)) for name, value in maps.items()})
     return out.assign_attrs(separation=json.dumps({"relation": "absorption", "scale_rad": round(k, 6)}))

@@ -43,6 +43,10 @@ class PartnerSpec:
     seed: int = 0
     acquired: str = ""
 
+    def similarity(self) -> frames.Similarity:
+        """Its frame in the series' (mirrored for a flip)."""
+        return frames.Similarity(self.relation == "flip", self.angle_deg, 1.0, tuple(self.shift_px))
+
 
 @dataclass(frozen=True)
 class SeriesSpec:
@@ -319,8 +323,7 @@ def simulate_partner(spec: SeriesSpec) -> tuple[np.ndarray, xr.Dataset]:
     partner = spec.partner
     rng = np.random.default_rng(spec.seed)
     phase, amplitude, magnetic = exit_wave(spec, rng, spec.size_px + 2 * margin_px(spec))
-    similarity = frames.Similarity(partner.relation == "flip", partner.angle_deg, 1.0, tuple(partner.shift_px))
-    wave = partner_wave(phase, amplitude, magnetic, partner.relation, similarity)
+    wave = partner_wave(phase, amplitude, magnetic, partner.relation, partner.similarity())
     calibration = spec.calibration if partner.calibration is None else partner.calibration
     acquisition = dataclasses.replace(_acquisition(spec), calibration=calibration)
     images, truth = record(*wave[:2], spec.size_px, acquisition, np.random.default_rng(partner.seed), wave[2])
@@ -351,11 +354,16 @@ def write_campaign(out_dir: Path, specs: list[SeriesSpec]) -> Path:
             images, truth = simulate_partner(spec)
             row = write_series(out_dir, partner.series, images, truth, spec.pixel_size_nm, spec.defocus_nominal_nm)
             rows.append({**row, "session": spec.session, "acquired": partner.acquired})
-            # A flip pair names each other; a reference is named by the series it serves, and names no one.
-            rows[-2].update(partner=partner.series, relation=partner.relation)
-            if partner.relation == "flip":
-                rows[-1].update(partner=spec.series, relation="flip")
+            name_partners(rows[-2], rows[-1], partner.relation)
     return write_sheet(out_dir, rows)
+
+
+def name_partners(row: dict[str, str], partner_row: dict[str, str], relation: str) -> None:
+    """Fill the sheet rows' ``partner`` and ``relation`` of a series and its partner: a flip pair
+    names each other; a reference is named by the series it serves, and names no one."""
+    row.update(partner=partner_row["series"], relation=relation)
+    if relation == "flip":
+        partner_row.update(partner=row["series"], relation="flip")
 
 
 def write_series(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from phasepipe import corpus, metrics, separation
+from phasepipe import corpus, metrics, physics, separation
 
 
 def _pair(relation):
@@ -38,11 +38,28 @@ def test_absorption_dataset_adds_the_separated_maps_and_its_constant():
     (_, truth), _, _ = _pair("flip")
     ds = xr.Dataset(
         {"phase": (("y", "x"), truth["phase"].values), "amplitude": (("y", "x"), truth["amplitude"].values)},
-        attrs={"pixel_size_nm": 5.0},
-    )
+        coords={"image": [0, 1, 2]},
+        attrs={"pixel_size_nm": 5.0, "microscope": json.dumps({"beam_divergence_mrad": 0.01})},
+    ).assign(defocus_nominal_nm=("image", truth["defocus_nominal_nm"].values))
     out = separation.absorption_dataset(ds)
     assert {"phase_magnetic", "phase_electrostatic", "induction_x_tnm", "induction_y_tnm"} <= set(out.data_vars)
     record = json.loads(out.attrs["separation"])
     assert record["relation"] == "absorption" and record["scale_rad"] > 0
     total = out["phase_magnetic"].values + out["phase_electrostatic"].values
     assert np.abs(total - (ds["phase"].values - ds["phase"].values.mean())).max() < 1e-4
+
+
+def test_the_induction_is_low_passed_where_no_image_resolves_the_phase():
+    """Pixel noise beyond the resolved band is not turned into induction; a smooth phase's is kept."""
+    y, x = np.mgrid[:64, :64].astype(float)
+    smooth = 0.05 * y
+    noisy = smooth + 0.2 * np.random.default_rng(0).standard_normal((64, 64))
+    q = physics.resolved_frequency(1e-5, 1.6e6, 5.0)
+    inner = np.s_[8:-8, 8:-8]
+    exact = separation.induction_maps(smooth, 5.0)["induction_x_tnm"][inner]
+    raw = separation.induction_maps(noisy, 5.0)["induction_x_tnm"][inner]
+    filtered = separation.induction_maps(noisy, 5.0, q)["induction_x_tnm"][inner]
+    assert (
+        np.abs(separation.induction_maps(smooth, 5.0, q)["induction_x_tnm"][inner] - exact).max() < 1e-3 * exact.mean()
+    )
+    assert np.std(filtered - exact) < 0.3 * np.std(raw - exact)

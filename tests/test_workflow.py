@@ -401,3 +401,28 @@ def test_a_flip_pair_is_separated_and_a_partner_not_in_the_sheet_leaves_its_seri
     truth = io.open_store(tmp_path / "raw" / "down.truth.zarr")
     # In its own frame and sign: the flipped series' phi_m correlates with its own truth.
     assert np.corrcoef(down["phase_magnetic"].values.ravel(), truth["phase_magnetic"].values.ravel())[0, 1] > 0.98
+
+
+@pytest.mark.integration
+def test_a_micromagnetic_state_goes_through_simulate_the_workflow_and_the_separation(tmp_path):
+    """A vortex state written as OVF (binary, as mumax3 writes it), simulated with a flip partner
+    (`simulate --ovf --partner flip`), reduced by the README's workflow: the released induction of
+    both series matches the state's (by the PHYSICS.md relation, in the truth stores)."""
+    from test_micromagnetic import MS, vortex, write_ovf
+
+    m, _ = vortex(n=96, radius=38.0, nz=4)
+    state = write_ovf(tmp_path / "state.ovf", m, (5e-9, 5e-9, 5e-9), "bin4")
+    raw = tmp_path / "raw"
+    command = [sys.executable, "-m", "phasepipe", "simulate", str(raw), "--ovf", str(state), "--ms", str(MS)]
+    subprocess.run([*command, "--partner", "flip", "--seed", "2"], check=True, capture_output=True)
+    result = run_snakemake(tmp_path, {"series_sheet": str(raw / "series.tsv"), "results_dir": "out"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    release = _latest(tmp_path / "out")
+    inner = np.s_[16:-16, 16:-16]
+    for series in ("state", "state_flip"):
+        ds = io.open_store(release / "series" / f"{series}.zarr")
+        truth = io.open_store(raw / f"{series}.truth.zarr")
+        names = ("induction_x_tnm", "induction_y_tnm")
+        recovered = np.concatenate([ds[name].values[inner].ravel() for name in names])
+        true = np.concatenate([truth[name].values[inner].ravel() for name in names])
+        assert np.corrcoef(recovered, true)[0, 1] > 0.95, series

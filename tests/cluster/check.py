@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from phasepipe.sheet import partner_groups, read_sheet
+
 TIMED = "seconds"  # the one field that differs between two runs of the same release
 DASK_JOBS = 2  # dask.slurm.jobs of the Dask run (run.sh): worker jobs at once
 
@@ -53,14 +55,15 @@ def slurm_jobs(run: Path) -> dict[str, str]:
     return jobs
 
 
-def check_rules(jobs: dict[str, str], series: list[str]) -> None:
+def check_rules(jobs: dict[str, str], series: list[str], groups: list[str]) -> None:
     """One SLURM job per series for ingest + align (the profile's group) and for reconstruct,
-    one each for aggregate and release."""
+    one per group of related series for separate, one each for aggregate and release."""
     comments = sorted(jobs.values())
     expected = sorted(
         ["rule_aggregate", "rule_release"]
         + ["rule_prepare_align_ingest"] * len(series)
         + [f"rule_reconstruct_wildcards_{s}" for s in series]
+        + [f"rule_separate_wildcards_{group}" for group in groups]
     )
     if comments != expected:
         fail(f"SLURM ran {comments}, expected {expected}")
@@ -128,7 +131,8 @@ def main(run: Path) -> None:
     jobs = slurm_jobs(run)
     sheet = run / "campaign" / "raw" / "series.tsv"
     series = sorted(pd.read_csv(sheet, sep="\t")["series"])
-    check_rules(jobs, series)
+    groups, _ = partner_groups(read_sheet(sheet))
+    check_rules(jobs, series, [group.id for group in groups])
     rid, n_files = check_release(run)
     print(
         f"test-cluster: {len(jobs)} SLURM jobs COMPLETED (SLURM ids {min(jobs, key=int)}-{max(jobs, key=int)}) "
