@@ -14,6 +14,7 @@ reasons show.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict
@@ -79,7 +80,8 @@ def separate_group(
     alns = {s: io.open_store(p).load() for s, p in zip(members, aligned, strict=True)}
     separated = None
     if not problem:
-        settings = reconstruct.settings_from_config(section)
+        # The joint fit's maps and frames live on the CPU (reconstruction.device is not applied).
+        settings = dataclasses.replace(reconstruct.settings_from_config(section), device="cpu")
         fitted = [
             joint.Member(
                 s,

@@ -1,5 +1,5 @@
-# The joint fit runs by autograd over every member's images: about 0.04 s per MB of the group's
-# images and iteration (256^2 x 5 pairs, benchmarks/separation.py), joint.ITERATIONS of them.
+# The joint fit runs by autograd over every member's images, on the CPU: per MB of the group's
+# images and iteration, a little above what benchmarks/separation.py measured (docs/performance.md).
 JOINT_S_PER_MB = 0.05 * joint.ITERATIONS
 
 
