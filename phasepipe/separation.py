@@ -12,6 +12,8 @@ electrostatic phase").
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from scipy import ndimage, optimize
 
@@ -64,8 +66,6 @@ def induction_maps(
 def resolved_per_nm(ds) -> float:
     """The highest frequency (cycles/nm) a series' images resolve: that of its image nearest focus
     besides focus itself (:func:`phasepipe.physics.resolved_frequency`)."""
-    import json
-
     nominal = np.abs(ds["defocus_nominal_nm"].values)
     theta = json.loads(ds.attrs["microscope"])["beam_divergence_mrad"] * 1e-3
     return physics.resolved_frequency(theta, float(nominal[nominal > 0].min()), float(ds.attrs["pixel_size_nm"]))
@@ -80,8 +80,6 @@ def angular_error_deg(bx, by, true_bx, true_by, inside: np.ndarray) -> float:
 def absorption_dataset(ds):
     """A reconstructed Dataset with its absorption split (``separation: absorption``): the
     separated phases, the induction, and the attribute ``separation`` with the constant k."""
-    import json
-
     electrostatic, magnetic, k = absorption_split(ds["phase"].values.astype(float), ds["amplitude"].values)
     maps = {"phase_magnetic": magnetic, "phase_electrostatic": electrostatic}
     maps.update(induction_maps(magnetic, float(ds.attrs["pixel_size_nm"]), resolved_per_nm(ds)))
