@@ -43,6 +43,11 @@ CANDIDATES = {
     "tv-0.15-noise": replace(SWEEP, tv_rule=(0.15, 1.0)),
     "tv-0.15-noise-periodic": replace(SWEEP, tv_rule=(0.15, 1.0), margin="none"),
     "tv-0.15-noise-shifts": replace(SWEEP, tv_rule=(0.15, 1.0), refine=("defocus", "shifts")),
+    # Stopping, against the plain fit's time (issue 30: at most 1.5 times): the defaults, and
+    # fewer halvings of the rates or a coarser tolerance.
+    "defaults": replace(BASE, subfield_uncertainty=False),
+    "halvings-2": replace(BASE, subfield_uncertainty=False, rate_halvings=2),
+    "tolerance-2e-3": replace(BASE, subfield_uncertainty=False, tolerance=2e-3),
 }
 
 

@@ -277,7 +277,7 @@ def _elements(n: int, window: int, rng: np.random.Generator):
         mx = np.where(new, mu * np.cos(angle) - mv * np.sin(angle), mx)
         my = np.where(new, mu * np.sin(angle) + mv * np.cos(angle), my)
     thickness = thickness_nm * support
-    phase_m = physics.magnetic_phase(mx * support, my * support, thickness, 1.0, PIXEL_NM)
+    phase_m = physics.magnetic_phase(mx * support, my * support, thickness, 1.0, PIXEL_NM, isolated=True)
     phase_e = SIGMA_200KV * rng.uniform(18.0, 24.0) * thickness
     return phase_e + phase_m, np.exp(-thickness / (2 * 120.0)), phase_m
 

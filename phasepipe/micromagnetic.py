@@ -177,7 +177,7 @@ def exit_wave(
     mx, my = (np.where(inside, a / np.where(inside, support, 1.0), 0.0) for a in (smx, smy))
     thickness = t * support
     b0 = MU0 * ms
-    phase_m = physics.magnetic_phase(mx, my, thickness, b0, pixel)
+    phase_m = physics.magnetic_phase(mx, my, thickness, b0, pixel, isolated=True)
     sigma = physics.interaction_constant(voltage_kv * 1e3)
     phase_e = sigma * simulate.SeriesSpec.mean_inner_potential_v * thickness
     amplitude = np.exp(-thickness / (2 * simulate.SeriesSpec.inelastic_mfp_nm))

@@ -23,7 +23,6 @@ from phasepipe.parameters import REGISTRY, ParameterOptions, Parameters, default
 
 log = logging.getLogger(__name__)
 
-MAX_DECAYS = 3
 UNWRAP_EVERY = 20  # iterations between looks for 2 pi slips of the phase (undo_phase_slips)
 READ_BACK = 10  # iterations between reading a GPU's misfits back to the host
 
@@ -41,6 +40,7 @@ class Settings:
     max_iterations: int = 4000
     converge: bool = True  # stop on a relative loss change below ``tolerance``
     tolerance: float = 1e-3
+    rate_halvings: int = 2  # every rate halves at each plateau this often; the next one stops the fit (tune.py)
     tv_weight: float | None = None  # None = chosen from the measured noise by tv_rule
     tv_rule: tuple[float, float] = (0.15, 1.0)  # (scale, power) of auto_tv_weight (benchmarks/tune.py)
     device: str = "cpu"
@@ -196,7 +196,7 @@ def fit(
             if (old - new) / old < settings.tolerance:
                 # Plateau: halve every learning rate (Adam's noise floor hides the optimum), and
                 # stop once the smallest rate has plateaued too.
-                if decays == MAX_DECAYS:
+                if decays == settings.rate_halvings:
                     break
                 decays += 1
                 last_decay = it

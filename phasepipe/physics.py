@@ -182,20 +182,39 @@ def image_intensities(psi, transfer, ramp=None, scale=None):
     return intensity
 
 
-def magnetic_phase(mx, my, thickness_nm, b0_t: float, pixel_size_nm: float) -> np.ndarray:
+ISOLATED_PAD = 4
+"""How many times its size an isolated specimen's field is embedded in vacuum for the magnetic
+phase: the periodic copies' return flux falls as the square (0.35 rad rms of a patterned element
+field's 1.1 rad at 1x, 0.013 at 4x, against 8x)."""
+
+
+def magnetic_phase(mx, my, thickness_nm, b0_t: float, pixel_size_nm: float, isolated: bool = False) -> np.ndarray:
     """Magnetic phase of a film with in-plane magnetisation B0 m(r) (Fourier relation).
 
     phi_m^(k) = (i B0 / (2 Phi0)) (k_x (t m_y)^(k) - k_y (t m_x)^(k)) / |k|^2, phi_m^(0) = 0.
     A thickness map t(r) generalises the uniform-film formula.
+
+    The relation makes the field periodic: a net moment's return flux is confined to it, a
+    uniform induction against the moment over the whole field (a ramp of the phase through its
+    vacuum). ``isolated`` embeds the field in vacuum :data:`ISOLATED_PAD` times its size first,
+    as a specimen sits in the microscope, so that the flux returns around it and far vacuum is
+    flat; a texture that is itself periodic over the field (a lattice filling it) is not.
     """
-    qy, qx = frequency_grid(mx.shape, pixel_size_nm)
+    shape = np.shape(mx)
+    if isolated:
+        pad = [(0, (ISOLATED_PAD - 1) * n) for n in shape]
+        mx, my, thickness_nm = (np.pad(np.broadcast_to(a, shape), pad) for a in (mx, my, thickness_nm))
+    full = np.shape(mx)
+    qy = np.fft.fftfreq(full[0], d=pixel_size_nm)[:, None]
+    qx = np.fft.rfftfreq(full[1], d=pixel_size_nm)[None, :]
     q2 = qx**2 + qy**2
     q2[0, 0] = 1.0
-    tmx = np.fft.fft2(thickness_nm * mx)
-    tmy = np.fft.fft2(thickness_nm * my)
+    tmx = np.fft.rfft2(thickness_nm * mx)
+    tmy = np.fft.rfft2(thickness_nm * my)
     spectrum = 1j * b0_t / (2 * PHI0_T_NM2) * (qx * tmy - qy * tmx) / q2
     spectrum[0, 0] = 0.0
-    return np.fft.ifft2(spectrum).real
+    phase = np.fft.irfft2(spectrum, s=full)[: shape[0], : shape[1]]
+    return phase - phase.mean()
 
 
 def induction_from_phase(phase: np.ndarray, pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:

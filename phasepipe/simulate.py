@@ -184,7 +184,9 @@ def exit_wave(spec: SeriesSpec, rng: np.random.Generator, n: int) -> tuple[np.nd
         particles += 2 * np.sqrt(np.clip(radius**2 - dy**2 - dx**2, 0, None)) * spec.pixel_size_nm
     sigma = physics.interaction_constant(spec.voltage_kv * 1e3)
     phase_e = sigma * (spec.mean_inner_potential_v * thickness + PARTICLE_INNER_POTENTIAL_V * particles)
-    phase_m = physics.magnetic_phase(mx, my, spec.thickness_nm * support, spec.b0_t, spec.pixel_size_nm)
+    phase_m = physics.magnetic_phase(
+        mx, my, spec.thickness_nm * support, spec.b0_t, spec.pixel_size_nm, isolated=n > spec.size_px
+    )
     amplitude = np.exp(-thickness / (2 * spec.inelastic_mfp_nm) - particles / (2 * PARTICLE_ABSORPTION_MFP_NM))
     return phase_e + phase_m, amplitude, phase_m
 
