@@ -304,8 +304,8 @@ def aggregate(
             ds.attrs["pixel_size_nm"],
             figure_title(row),
             fig_dir / f"{row['series']}.png",
-            ds["phase_magnetic"].values if "phase_magnetic" in ds else None,
             ds["phase_electrostatic"].values if "phase_electrostatic" in ds else None,
+            (ds["induction_x_tnm"].values, ds["induction_y_tnm"].values) if "induction_x_tnm" in ds else None,
         )
     params.to_csv(out_dir / "parameters.csv", index=False, float_format="%.6g")
     summary.to_csv(out_dir / "series_summary.csv", index=False, float_format="%.6g")

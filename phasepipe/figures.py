@@ -49,9 +49,9 @@ def _hsv_rgb(angle: np.ndarray, value: np.ndarray) -> np.ndarray:
     return mcolors.hsv_to_rgb(hsv)
 
 
-def _induction(phase: np.ndarray, pixel_size_nm: float) -> tuple[np.ndarray, float]:
-    """Induction colour image and the magnitude (T nm) that maps to full brightness."""
-    bx, by = physics.induction_from_phase(np.asarray(phase, dtype=float), pixel_size_nm)
+def _induction(bx: np.ndarray, by: np.ndarray) -> tuple[np.ndarray, float]:
+    """Induction colour image of (B_x t, B_y t) and the magnitude (T nm) that maps to full
+    brightness."""
     magnitude = np.hypot(bx, by)
     # NaN phase (masked pixels) has no defined induction: show it black, like zero induction.
     finite = np.isfinite(magnitude)
@@ -81,7 +81,7 @@ def induction_rgb(phase: np.ndarray, pixel_size_nm: float) -> np.ndarray:
         +x towards +y (row index); value = magnitude over its 99th percentile, clipped to 1;
         saturation 1. Zero induction (constant phase) is black.
     """
-    return _induction(phase, pixel_size_nm)[0]
+    return _induction(*physics.induction_from_phase(np.asarray(phase, dtype=float), pixel_size_nm))[0]
 
 
 def colour_wheel(n: int = 128) -> np.ndarray:
@@ -158,11 +158,11 @@ def series_figure(
     pixel_size_nm: float,
     title: str,
     path: str | Path,
-    phase_magnetic: np.ndarray | None = None,
     phase_electrostatic: np.ndarray | None = None,
+    induction: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """AD phase, TIE phase and induction colour map of one through-focus series; for a separated
-    series also its electrostatic phase, and the induction from its magnetic phase.
+    series also its electrostatic phase, and the induction its store holds.
 
     Parameters
     ----------
@@ -175,10 +175,12 @@ def series_figure(
         Figure title.
     path : str or Path
         Output PNG.
-    phase_magnetic, phase_electrostatic : (y, x) arrays, optional
-        The separated phases (rad): the induction is drawn from the magnetic one, with the
-        electrostatic one beside the total (a rim's electrostatic step would otherwise dominate
-        the induction map).
+    phase_electrostatic : (y, x) array, optional
+        A separated series' electrostatic phase (rad), shown beside the total.
+    induction : ((y, x), (y, x)) arrays, optional
+        A separated series' (B_x t, B_y t) in T nm, from its magnetic phase as its store holds
+        them (a rim's electrostatic step would otherwise dominate the induction map); without
+        it, the induction of ``phase``.
 
     Returns
     -------
@@ -186,12 +188,11 @@ def series_figure(
         ``path``.
     """
     phase = np.asarray(phase, dtype=float)
-    magnetic = phase if phase_magnetic is None else np.asarray(phase_magnetic, dtype=float)
     tie_phase = np.asarray(tie_phase, dtype=float)
     ad = phase - np.nanmean(phase)
     tie = tie_phase - np.nanmean(tie_phase)
     vmin, vmax = _robust_limits(ad)
-    rgb, norm = _induction(magnetic, pixel_size_nm)
+    rgb, norm = _induction(*(physics.induction_from_phase(phase, pixel_size_nm) if induction is None else induction))
     panels = [(ad, "AD phase"), (tie, "TIE phase")]
     if phase_electrostatic is not None:
         electrostatic = np.asarray(phase_electrostatic, dtype=float)
@@ -218,7 +219,7 @@ def series_figure(
 
     ax = axes[-1]
     ax.imshow(rgb, extent=extent, interpolation="nearest")
-    ax.set_title("Induction (AD phase)" if phase_magnetic is None else "Induction (magnetic phase)")
+    ax.set_title("Induction (AD phase)" if induction is None else "Induction (magnetic phase)")
     # The wheel sits where the other panels have their colour bars, so no data is hidden.
     wax = ax.inset_axes((1.04, 0.55, 0.4, 0.4))
     wax.imshow(colour_wheel(), interpolation="antialiased")

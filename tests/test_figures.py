@@ -145,6 +145,26 @@ def test_series_figure(tmp_path: Path) -> None:
     assert 1000 < w < 3000
 
 
+def test_separated_series_figure_draws_the_stored_induction(tmp_path: Path) -> None:
+    """A separated series' figure draws the induction its store holds, not the total phase's: a
+    uniform B along +x (hue 0, red) fills the induction panel, where the cone's own induction
+    turns through every hue; and the electrostatic phase adds a fourth panel."""
+    phase = _cone(radius_px=24)
+    bx, by = np.ones_like(phase), np.zeros_like(phase)
+
+    def red_fraction(path: Path) -> float:
+        hsv = _hsv(_check_png(path))
+        hue = np.minimum(hsv[..., 0], 1 - hsv[..., 0])
+        return float(np.mean((hue < 0.02) & (hsv[..., 1] > 0.9) & (hsv[..., 2] > 0.9)))
+
+    total = figures.series_figure(phase, phase, PIXEL_NM, "total", tmp_path / "total.png")
+    separated = figures.series_figure(
+        phase, phase, PIXEL_NM, "separated", tmp_path / "sep.png", phase_electrostatic=phase, induction=(bx, by)
+    )
+    assert red_fraction(separated) > 0.1 > 3 * red_fraction(total)
+    assert _read_png(separated).shape[1] > 1.2 * _read_png(total).shape[1]
+
+
 def test_series_figure_non_square_and_creates_parent(tmp_path: Path) -> None:
     y, x = np.mgrid[:32, :96]
     phase = np.sin(2 * np.pi * x / 32) * np.exp(-((y - 16) ** 2) / 100)
