@@ -199,6 +199,7 @@ def magnetic_phase(mx, my, thickness_nm, b0_t: float, pixel_size_nm: float, isol
     vacuum). ``isolated`` embeds the field in vacuum :data:`ISOLATED_PAD` times its size first,
     as a specimen sits in the microscope, so that the flux returns around it and far vacuum is
     flat; a texture that is itself periodic over the field (a lattice filling it) is not.
+    Either way the phase returned has its mean over the field removed.
     """
     shape = np.shape(mx)
     if isolated:
