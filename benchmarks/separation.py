@@ -45,7 +45,7 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     """One case and its partner through the own fits, the registration, the joint fit and TIE."""
     import torch
 
-    from phasepipe import align, frames, joint, metrics, optimise, parameters, physics, reconstruct, separation, tie
+    from phasepipe import align, frames, joint, metrics, optimise, parameters, reconstruct, separation, tie
 
     torch.set_num_threads(1)
     case, relation = job
@@ -93,9 +93,8 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     magnitude = np.hypot(*true_b)
     inside = magnitude > 0.25 * np.percentile(magnitude, 99)
 
-    nominal = members[magnetic_index].defocus_nominal_nm
-    resolved = physics.resolved_frequency(
-        microscope.beam_divergence_mrad * 1e-3, np.abs(nominal[nominal != 0]).min(), corpus.PIXEL_NM
+    resolved = separation.series_resolution(
+        members[magnetic_index].defocus_nominal_nm, microscope.beam_divergence_mrad, corpus.PIXEL_NM
     )
 
     def angle(phase_m):

@@ -63,12 +63,17 @@ def induction_maps(
     return {"induction_x_tnm": bx.astype(np.float32), "induction_y_tnm": by.astype(np.float32)}
 
 
-def resolved_per_nm(ds) -> float:
+def series_resolution(defocus_nominal_nm, beam_divergence_mrad: float, pixel_size_nm: float) -> float:
     """The highest frequency (cycles/nm) a series' images resolve: that of its image nearest focus
     besides focus itself (:func:`phasepipe.physics.resolved_frequency`)."""
-    nominal = np.abs(ds["defocus_nominal_nm"].values)
-    theta = json.loads(ds.attrs["microscope"])["beam_divergence_mrad"] * 1e-3
-    return physics.resolved_frequency(theta, float(nominal[nominal > 0].min()), float(ds.attrs["pixel_size_nm"]))
+    nominal = np.abs(np.asarray(defocus_nominal_nm, float))
+    return physics.resolved_frequency(beam_divergence_mrad * 1e-3, float(nominal[nominal > 0].min()), pixel_size_nm)
+
+
+def resolved_per_nm(ds) -> float:
+    """:func:`series_resolution` of a reconstructed store."""
+    beam_divergence_mrad = json.loads(ds.attrs["microscope"])["beam_divergence_mrad"]
+    return series_resolution(ds["defocus_nominal_nm"].values, beam_divergence_mrad, float(ds.attrs["pixel_size_nm"]))
 
 
 def angular_error_deg(bx, by, true_bx, true_by, inside: np.ndarray) -> float:
