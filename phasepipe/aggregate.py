@@ -69,8 +69,15 @@ def series_outputs(ds) -> dict[str, float]:
     }
 
 
-def calibration_fit(nominal_nm: np.ndarray, recovered_nm: np.ndarray) -> dict:
-    """Fit recovered = scale * nominal + offset, with 95 % confidence intervals."""
+def calibration_fit(nominal_nm: np.ndarray, recovered_nm: np.ndarray, std_nm: np.ndarray | None = None) -> dict:
+    """Fit recovered = scale * nominal + offset, with 95 % confidence intervals.
+
+    ``std_nm``: the images' stated defocus std, when known. The scale's std is then the larger of
+    the line's standard error and their median relative std: a series' calibration error is
+    mostly a bias that all its images share, and series of one kind share it too, so it does not
+    average down over images or series (docs/physics.md, "The calibration's bias"). A NaN std
+    (unknown) leaves the scale's std and interval unknown (None).
+    """
     nominal_nm = np.asarray(nominal_nm, float)
     recovered_nm = np.asarray(recovered_nm, float)
     n = nominal_nm.size
@@ -84,13 +91,22 @@ def calibration_fit(nominal_nm: np.ndarray, recovered_nm: np.ndarray) -> dict:
             "offset_nm_ci": None,
         }
     fit = stats.linregress(nominal_nm, recovered_nm)
-    t = stats.t.ppf(0.975, n - 2) if n > 2 else np.nan
+    t = stats.t.ppf(0.975, n - 2) if n > 2 else stats.norm.ppf(0.975)
+    scale_std = float(fit.stderr) if n > 2 else None
+    if std_nm is not None:
+        stated = float(np.median(np.asarray(std_nm, float) / np.abs(nominal_nm)))
+        if np.isnan(stated):
+            scale_std = None
+        elif scale_std is None or stated > scale_std:
+            scale_std = stated
     return {
         "n_images": int(n),
         "scale": float(fit.slope),
-        "scale_std": float(fit.stderr) if n > 2 else None,
+        "scale_std": scale_std,
         "offset_nm": float(fit.intercept),
-        "scale_ci": [float(fit.slope - t * fit.stderr), float(fit.slope + t * fit.stderr)] if n > 2 else None,
+        "scale_ci": [float(fit.slope - t * scale_std), float(fit.slope + t * scale_std)]
+        if scale_std is not None
+        else None,
         "offset_nm_ci": [
             float(fit.intercept - t * fit.intercept_stderr),
             float(fit.intercept + t * fit.intercept_stderr),
@@ -158,7 +174,8 @@ def series_row(ds, warning: str = "") -> dict:
     nominal = ds["defocus_nominal_nm"].values
     recovered = ds["defocus_nm"].values
     defocused = np.abs(nominal) > 0
-    fit = calibration_fit(nominal[defocused], recovered[defocused]) if defocused.sum() >= 2 else {}
+    stated = ds["defocus_std_nm"].values[defocused]
+    fit = calibration_fit(nominal[defocused], recovered[defocused], stated) if defocused.sum() >= 2 else {}
     drift = np.hypot(ds["shift_y_px"].values, ds["shift_x_px"].values)
     row.update(
         {
@@ -171,15 +188,9 @@ def series_row(ds, warning: str = "") -> dict:
             "seconds": ds.attrs["seconds"],
             "acc_ad_vs_tie": acc_ad_vs_tie,
             "defocus_scale": fit.get("scale", np.nan),
-            # The larger of the scatter about the fitted line and the fit's own curvature-based
-            # uncertainty (a lower bound: docs/physics.md); with one common calibration factor
-            # refined, the images lie on the line and only the latter is informative.
-            "defocus_scale_std": max(
-                fit.get("scale_std") or 0.0,
-                float(np.median(ds["defocus_std_nm"].values[defocused] / np.abs(nominal[defocused]))),
-            )
-            if defocused.sum() >= 2
-            else np.nan,
+            # The larger of the scatter about the fitted line and the images' stated std
+            # (calibration_fit); with one common factor refined the images lie on the line.
+            "defocus_scale_std": np.nan if not fit or fit["scale_std"] is None else fit["scale_std"],
             **series_outputs(ds),
             **separation_columns(ds),
             "drift_rms_px": float(np.sqrt(np.mean(drift**2))),
@@ -212,7 +223,9 @@ def campaign_summary(campaign: str, params: pd.DataFrame, summary: pd.DataFrame,
     def block(images: pd.DataFrame, series: pd.DataFrame) -> dict:
         return {
             "n_series": int(len(series)),
-            "defocus_calibration": calibration_fit(images["defocus_nominal_nm"], images["defocus_nm"]),
+            "defocus_calibration": calibration_fit(
+                images["defocus_nominal_nm"], images["defocus_nm"], images["defocus_std_nm"]
+            ),
             "beam_divergence_mrad": describe(series.get("beam_divergence_mrad", pd.Series(dtype=float))),
             "defocus_spread_nm": describe(series.get("defocus_spread_nm", pd.Series(dtype=float))),
             "drift_rms_px": describe(series.get("drift_rms_px", pd.Series(dtype=float))),

@@ -61,12 +61,13 @@ def fit_reasons(attrs: dict, acc_ad_vs_tie: float) -> list[str]:
 
 def calibration_reasons(nominal_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
     """A calibration whose uncertainty could not be estimated (a field too small for sub-fields,
-    or a loss curvature that is not finite)."""
+    a loss curvature that is not finite, or a bootstrap replicate whose fit diverged)."""
     defocused = np.abs(nominal_nm) > 0
     if defocused.any() and not np.all(np.isfinite(std_nm[defocused])):
         return [
-            "calibration: its uncertainty could not be estimated (a field under 96 px, or a loss curvature "
-            "that is not finite); defocus_std_nm is NaN"
+            "calibration: its uncertainty could not be estimated (a field under 96 px, a loss curvature "
+            "that is not finite, or a series drawn from the fit that diverged: the log says which); "
+            "defocus_std_nm is NaN"
         ]
     return []
 

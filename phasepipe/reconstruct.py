@@ -21,7 +21,7 @@ import xarray as xr
 
 from phasepipe import gauge, physics
 from phasepipe.model import ForwardModel
-from phasepipe.optimise import FitResult, Settings, defocus_levels, fit
+from phasepipe.optimise import FitDiverged, FitResult, Settings, defocus_levels, fit
 from phasepipe.parameters import Microscope, Parameters, output_values, outputs
 from phasepipe.tie import tie_phase
 
@@ -66,6 +66,7 @@ class Reconstruction:
     iterations: int
     seconds: float
     calibration_subfields: np.ndarray = field(default_factory=lambda: np.array([]))  # factors of 2 x 2 sub-fields
+    calibration_bootstrap: np.ndarray = field(default_factory=lambda: np.array([]))  # factors refitted on replicates
 
 
 def binned(stack: np.ndarray, factor: int) -> np.ndarray:
@@ -150,6 +151,27 @@ def _fit_canvas(
     return _Fit(model, params, data, result, noise, tv_weight)
 
 
+def _fit_window(
+    images: np.ndarray,
+    nominal: np.ndarray,
+    pixel_size_nm: float,
+    microscope: Microscope,
+    settings: Settings,
+    margin_px: int,
+    progress=None,
+) -> tuple[_Fit, np.ndarray]:
+    """Fit the aligned series ``images`` (N, y, x) on a canvas ``margin_px`` wider on every side
+    (:func:`reconstruct`), from TIE: the fit and the TIE phase, both on the canvas."""
+    measured = None
+    if margin_px:
+        # Reflected data in the margin only start TIE and the amplitude; the misfit ignores them.
+        pad = ((0, 0), (margin_px, margin_px), (margin_px, margin_px))
+        measured = np.pad(np.ones(images.shape[1:]), pad[1:])
+        images = np.pad(images, pad, mode="reflect")
+    tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
+    return _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress), tie
+
+
 def reconstruct(
     images: np.ndarray,
     defocus_nominal_nm: np.ndarray,
@@ -173,12 +195,6 @@ def reconstruct(
     if margin_px is None:
         margin_px = canvas_margin_px(nominal, pixel_size_nm, microscope) if settings.margin == "auto" else 0
     height, width = images.shape[1:]
-    measured = None
-    if margin_px:
-        # Reflected data in the margin only start TIE and the amplitude; the misfit ignores them.
-        pad = ((0, 0), (margin_px, margin_px), (margin_px, margin_px))
-        images = np.pad(images, pad, mode="reflect")
-        measured = np.pad(np.ones((height, width)), pad[1:])
     inner = np.s_[margin_px : margin_px + height, margin_px : margin_px + width]
     if "defocus_spread" in settings.refine:
         log.warning(
@@ -187,14 +203,13 @@ def reconstruct(
         )
     from phasepipe import uncertainty  # it builds on this module's model and fit
 
-    tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
-    fitted = _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress)
+    fitted, tie = _fit_window(images, nominal, pixel_size_nm, microscope, settings, margin_px, progress)
     params, result = fitted.params, fitted.result
     std = uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
     subfields = np.array([])
     if "defocus" in settings.refine and settings.subfield_uncertainty:
         relative, subfields = uncertainty.subfield_calibration_std(
-            images[(slice(None), *inner)],
+            images,
             params.phase.detach().cpu().numpy().copy(),  # copies: the sub-fields' fits write their own
             params.log_amplitude.detach().cpu().numpy().copy(),
             margin_px,
@@ -207,6 +222,9 @@ def reconstruct(
         )
         with torch.no_grad():
             std["defocus_nm"] = np.maximum(std["defocus_nm"], relative * np.abs(params.defocus_nm().cpu().numpy()))
+    bootstrap = np.array([])
+    if "defocus" in settings.refine and settings.bootstrap_replicates:
+        bootstrap = _bootstrap_correction(fitted, images, nominal, pixel_size_nm, microscope, settings, margin_px, std)
     with torch.no_grad():
         phase = params.phase.cpu().numpy()[inner]
         values = output_values(params)
@@ -230,7 +248,69 @@ def reconstruct(
             iterations=result.iterations,
             seconds=result.seconds,
             calibration_subfields=subfields,
+            calibration_bootstrap=bootstrap,
         )
+
+
+def _bootstrap_correction(
+    fitted: _Fit,
+    images: np.ndarray,
+    nominal: np.ndarray,
+    pixel_size_nm: float,
+    microscope: Microscope,
+    settings: Settings,
+    margin_px: int,
+    std: dict,
+) -> np.ndarray:
+    """Correct the fitted calibration factor c by the fit's own bias, and widen its std to hold
+    what that correction leaves: returns the replicates' factors c_k.
+
+    ``settings.bootstrap_replicates`` series are drawn from the fitted model and refitted as
+    ``images`` were (:func:`uncertainty.bootstrap_calibration`); with b = mean(c_k) / c - 1 the
+    factor becomes c / (1 + b), and the calibration's relative std sqrt(s^2 + b^2 + var(c_k) / c^2)
+    for s the one it had (``std`` is updated in place): the correction recovers part of the bias,
+    not all (docs/physics.md, "The calibration's bias"), so the bias estimated is folded into the
+    std. A replicate whose fit diverges leaves the factor as fitted and its std NaN (unknown).
+    """
+    from phasepipe import uncertainty
+
+    params = fitted.params
+    inner = np.s_[:, margin_px : margin_px + images.shape[1], margin_px : margin_px + images.shape[2]]
+    with torch.no_grad():
+        predicted = fitted.model(params, "shifts" in settings.refine).cpu().numpy()[inner].astype(np.float64)
+    quiet = replace(settings, bootstrap_replicates=0, subfield_uncertainty=False, log_every=10**9)
+
+    def refit(replicate: np.ndarray) -> float:
+        refitted, _ = _fit_window(replicate, nominal, pixel_size_nm, microscope, quiet, margin_px)
+        return math.exp(refitted.params.defocus_scale.item())
+
+    factor = math.exp(params.defocus_scale.item())
+    log.info(
+        "the calibration's bias: %d series drawn from the fit, each refitted as the data were",
+        settings.bootstrap_replicates,
+    )
+    try:
+        factors = uncertainty.bootstrap_calibration(predicted, fitted.noise, refit, settings.bootstrap_replicates)
+    except FitDiverged as exc:
+        log.warning("a series drawn from the fit diverged (%s): the calibration is as fitted, its std unknown", exc)
+        std["defocus_nm"] = np.where(std["defocus_nm"] > 0, np.nan, std["defocus_nm"])
+        return np.array([])
+    bias = factors.mean() / factor - 1
+    spread = factors.std(ddof=1) / factor if factors.size > 1 else 0.0
+    with torch.no_grad():
+        defocus = np.abs(params.defocus_nm().cpu().numpy())
+        relative = np.divide(std["defocus_nm"], defocus, out=np.zeros_like(defocus), where=defocus > 0)
+        params.defocus_scale -= math.log1p(bias)
+        std["defocus_nm"] = np.sqrt(relative**2 + bias**2 + spread**2) * np.abs(params.defocus_nm().cpu().numpy())
+    log.info(
+        "calibration %.5f; refitted on %d replicate(s) drawn from the fit: %s, bias %+.3f %%: corrected to %.5f",
+        factor,
+        factors.size,
+        np.array2string(factors, precision=5),
+        100 * bias,
+        factor / (1 + bias),
+    )
+    return factors
 
 
 def canvas_margin_px(defocus_nominal_nm: np.ndarray, pixel_size_nm: float, microscope: Microscope) -> int:
@@ -275,6 +355,7 @@ def settings_from_config(section: dict) -> Settings:
         tv_weight=None if tv == "auto" else float(tv),
         device=device,
         separation=section["separation"],
+        bootstrap_replicates=section["bootstrap"],
     )
 
 
@@ -327,6 +408,7 @@ def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -
             **attrs,
             "refined": json.dumps(list(settings.refine)),
             "calibration_subfields": json.dumps([round(float(c), 6) for c in result.calibration_subfields]),
+            "calibration_bootstrap": json.dumps([round(float(c), 6) for c in result.calibration_bootstrap]),
             "final_loss": result.loss,
             "noise": result.noise,
             "tv_weight": result.tv_weight,

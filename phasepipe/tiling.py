@@ -392,8 +392,8 @@ def reconstruct_tiled(
         tiling.scheduler,
     )
     # Tiles' calibrations scatter over the field: that spread is the series' std (combine_parameters),
-    # so a tile does not estimate it again from sub-fields of its own.
-    tile_settings = replace(settings, subfield_uncertainty=False)
+    # so a tile does not estimate it again from sub-fields of its own, nor draw replicates.
+    tile_settings = replace(settings, subfield_uncertainty=False, bootstrap_replicates=0)
     job = TileJob(
         str(store), str(records), tuple(map(float, nominal)), pixel, microscope, tile_settings, halo, torch_threads
     )

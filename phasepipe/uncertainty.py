@@ -11,6 +11,10 @@ Two measures, and the larger is reported:
   calibration depends on what is in view and on the noise there. Its standard error, and the
   distance between the sub-fields' mean and the whole field's value (an estimate of the bias
   that a change of view brings), make the reported std (docs/physics.md, "Uncertainty").
+
+Beside them, :func:`bootstrap_calibration` draws series from the fitted model and has them
+refitted: the calibration's bias, which corrects it and is added to its std
+(:func:`phasepipe.reconstruct.reconstruct`; docs/physics.md, "The calibration's bias").
 """
 
 from __future__ import annotations
@@ -156,3 +160,18 @@ def subfield_calibration_std(
         100 * std,
     )
     return std, factors
+
+
+def bootstrap_calibration(predicted: np.ndarray, noise: float, refit, replicates: int, seed: int = 0) -> np.ndarray:
+    """The calibration factors that ``refit`` finds on ``replicates`` series drawn from the fitted
+    model: its images ``predicted`` (N, y, x, mean-normalised, the images' window) with fresh
+    Gaussian noise of std ``noise`` times the intensity, the relative noise the series was measured
+    to have (:func:`phasepipe.reconstruct.noise_level`).
+
+    ``refit(images) -> factor`` must fit them as the series was fitted, from its start: the
+    replicates' mean over the fitted factor is then the fit's own bias in a world whose truth is
+    known (the fitted one), the noise the object absorbs pulling the factor the same way as on the
+    data (docs/physics.md, "Uncertainty").
+    """
+    rng = np.random.default_rng(seed)
+    return np.array([refit(predicted * (1 + noise * rng.standard_normal(predicted.shape))) for _ in range(replicates)])

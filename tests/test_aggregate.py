@@ -268,3 +268,23 @@ def test_aggregate_is_reproducible(aggregated, stores, tmp_path, monkeypatch):
     aggregate.aggregate(paths[::-1], tmp_path, campaign="test", settings={})
     for name in ("parameters.csv", "series_summary.csv", "campaign_summary.json"):
         assert (tmp_path / name).read_bytes() == (aggregated / name).read_bytes(), name
+
+
+def test_calibration_fit_states_no_less_than_the_images_std():
+    """Two series whose factors agree to 1e-5 but each within 0.2 %: the session's std is the
+    images' stated 0.2 % (their shared bias does not average down), not the line's 1e-5 scatter;
+    an unknown image std leaves it unknown."""
+    nominal = np.array([-1.6e6, -0.8e6, 0.8e6, 1.6e6] * 2)
+    recovered = nominal * np.repeat([1.03934, 1.03935], 4)
+    std = 0.002 * np.abs(recovered)
+    bare = aggregate.calibration_fit(nominal, recovered)
+    fit = aggregate.calibration_fit(nominal, recovered, std)
+    assert bare["scale_std"] < 1e-5
+    assert fit["scale_std"] == pytest.approx(0.002 * 1.0393, rel=1e-3)
+    low, high = fit["scale_ci"]
+    assert low < 1.04 < high  # the truth the line alone would exclude
+    assert not bare["scale_ci"][0] < 1.04 < bare["scale_ci"][1]
+    unknown = aggregate.calibration_fit(nominal, recovered, np.where(np.arange(8) == 0, np.nan, std))
+    assert unknown["scale_std"] is None and unknown["scale_ci"] is None
+    pair = aggregate.calibration_fit(nominal[[0, 3]], recovered[[0, 3]], std[[0, 3]])
+    assert pair["scale_std"] == pytest.approx(0.002 * 1.0393, rel=1e-3) and pair["scale_ci"] is not None
