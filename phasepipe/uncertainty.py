@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -162,7 +163,9 @@ def subfield_calibration_std(
     return std, factors
 
 
-def bootstrap_calibration(predicted: np.ndarray, noise: float, refit, replicates: int, seed: int = 0) -> np.ndarray:
+def bootstrap_calibration(
+    predicted: np.ndarray, noise: float, refit: Callable[[np.ndarray], float], replicates: int, seed: int = 0
+) -> np.ndarray:
     """The calibration factors that ``refit`` finds on ``replicates`` series drawn from the fitted
     model: its images ``predicted`` (N, y, x, mean-normalised, the images' window) with fresh
     Gaussian noise of std ``noise`` times the intensity, the relative noise the series was measured
@@ -171,7 +174,7 @@ def bootstrap_calibration(predicted: np.ndarray, noise: float, refit, replicates
     ``refit(images) -> factor`` must fit them as the series was fitted, from its start: the
     replicates' mean over the fitted factor is then the fit's own bias in a world whose truth is
     known (the fitted one), the noise the object absorbs pulling the factor the same way as on the
-    data (docs/physics.md, "Uncertainty").
+    data (docs/physics.md, "The calibration's bias").
     """
     rng = np.random.default_rng(seed)
     return np.array([refit(predicted * (1 + noise * rng.standard_normal(predicted.shape))) for _ in range(replicates)])
