@@ -40,6 +40,7 @@ OLD = replace(
     tolerance=2e-4,
     subfield_uncertainty=False,
     bootstrap_replicates=0,
+    drift_screen=False,
 )
 SWEEP = replace(OLD, tolerance=1e-3)
 CANDIDATES = {
@@ -56,6 +57,10 @@ CANDIDATES = {
     "tolerance-2e-3": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, tolerance=2e-3),
     # The uncertainty: the sub-fields' spread alone; the calibration also corrected by its bias on
     # a series drawn from the fit (reconstruct.py), with and without the sub-fields.
+    # The drift: registration's alternatives put to the forward model (drift_screen.py), or not;
+    # maps and drift only, without the uncertainty.
+    "drift-screen": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0),
+    "no-drift-screen": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, drift_screen=False),
     "no-bootstrap": replace(BASE, bootstrap_replicates=0),
     "no-subfields": replace(BASE, subfield_uncertainty=False),
     "defaults": BASE,

@@ -32,7 +32,7 @@ refined inside the reconstruction when ``shifts`` is in ``reconstruction.refine`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import xarray as xr
@@ -409,6 +409,35 @@ def series_registration(
     rms = float(np.sqrt(np.mean(residual[used] ** 2))) if used.any() else 0.0
     largest = float(np.abs(measured[used]).max()) if used.any() else 0.0
     return SeriesRegistration(shifts, rotation, scale, per_image, rms, largest, rejected)
+
+
+def leave_one_out_drifts(
+    images: np.ndarray, defocus_nm: np.ndarray, settings: AlignSettings | None = None
+) -> list[np.ndarray]:
+    """The drift of an aligned series registered again without each image in turn: (N, 2) px per
+    image left out, that image placed by interpolation in defocus between the others, less the
+    mean over the series (a common drift is a shift of the object). Empty below three images.
+
+    Registration cannot tell which of its pairs to trust where images at different defocus are not
+    shifted copies of one another (strong phase, magnetic elements, the in-focus image against a
+    defocused one): two agreeing wrong pairs outvote a right one. These are the alternatives that
+    :mod:`phasepipe.drift_screen` puts to the forward model.
+    """
+    df = np.asarray(defocus_nm, float)
+    n = len(images)
+    if n < 3:
+        return []
+    s = replace(settings or AlignSettings(), transform="translation")  # rotation and scale are undone
+    drifts = []
+    for k in range(n):
+        keep = np.array([i for i in range(n) if i != k])
+        shifts = np.zeros((n, 2))
+        shifts[keep] = series_registration(images[keep], df[keep], s).shift_px
+        order = np.argsort(df[keep])
+        for axis in range(2):
+            shifts[k, axis] = np.interp(df[k], df[keep][order], shifts[keep][order, axis])
+        drifts.append(shifts - shifts.mean(axis=0))
+    return drifts
 
 
 def align_dataset(ds: xr.Dataset, settings: AlignSettings | None = None) -> xr.Dataset:

@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 
 from phasepipe import gauge, physics
+from phasepipe.align import shift_image
 from phasepipe.model import ForwardModel
 from phasepipe.optimise import FitDiverged, FitResult, Settings, defocus_levels, fit
 from phasepipe.parameters import Microscope, Parameters, output_values, outputs
@@ -79,7 +80,7 @@ def binned(stack: np.ndarray, factor: int) -> np.ndarray:
 
 
 @dataclass
-class _Fit:
+class CanvasFit:
     """A fitted canvas: the model and parameters at their optimum, with what chose the fit."""
 
     model: ForwardModel
@@ -90,7 +91,7 @@ class _Fit:
     tv_weight: float
 
 
-def _fit_canvas(
+def fit_canvas(
     images: np.ndarray,
     measured: np.ndarray | None,
     start_phase: np.ndarray,
@@ -99,13 +100,15 @@ def _fit_canvas(
     microscope: Microscope,
     settings: Settings,
     progress=None,
-) -> _Fit:
+    shifts_px: np.ndarray | None = None,
+) -> CanvasFit:
     """Fit the series ``images`` (N, y, x; data where ``measured``, or everywhere).
 
     With ``settings.coarse_factor`` > 1 (and a canvas that stays at least ``COARSE_MIN_PX`` px
     binned), the series binned that much is fitted first, and the fit here starts from its result
     (docs/physics.md, Coarse to fine); otherwise from ``start_phase`` (TIE) and the in-focus
-    image's amplitude.
+    image's amplitude. ``shifts_px`` (N, 2), at this canvas' pixels, starts the refined drift
+    (:mod:`phasepipe.drift_screen`); zeros otherwise.
     """
     reference = int(np.argmin(np.abs(nominal)))
     # Mean-normalised over the measured pixels, as the model's images are.
@@ -117,7 +120,7 @@ def _fit_canvas(
     coarse_seconds = 0.0
     if factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX:
         coarse_images = binned(images, factor)
-        coarse = _fit_canvas(
+        coarse = fit_canvas(
             coarse_images,
             # A binned pixel is data only where all it holds is.
             None if measured is None else (binned(measured, factor) > 1 - 1e-6).astype(np.float64),
@@ -141,6 +144,9 @@ def _fit_canvas(
     else:
         amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
         params = Parameters(start_phase, amplitude, nominal, microscope, reference).to(settings.device)
+    if shifts_px is not None:
+        with torch.no_grad():
+            params.shifts.copy_(torch.as_tensor(shifts_px, dtype=params.shifts.dtype))
     model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device, measured)
     data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
     log.info(
@@ -148,7 +154,17 @@ def _fit_canvas(
     )
     result = fit(model, params, data, settings, tv_weight, progress)
     result.seconds += coarse_seconds
-    return _Fit(model, params, data, result, noise, tv_weight)
+    return CanvasFit(model, params, data, result, noise, tv_weight)
+
+
+def padded(images: np.ndarray, margin_px: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``images`` (N, y, x) on a canvas ``margin_px`` wider on every side, and where their data are
+    (None: everywhere, without a margin). The margin holds the images reflected, which only start
+    TIE and the amplitude; the misfit ignores it."""
+    if not margin_px:
+        return images, None
+    pad = ((0, 0), (margin_px, margin_px), (margin_px, margin_px))
+    return np.pad(images, pad, mode="reflect"), np.pad(np.ones(images.shape[1:]), pad[1:])
 
 
 def _fit_window(
@@ -159,17 +175,12 @@ def _fit_window(
     settings: Settings,
     margin_px: int,
     progress=None,
-) -> tuple[_Fit, np.ndarray]:
+) -> tuple[CanvasFit, np.ndarray]:
     """Fit the aligned series ``images`` (N, y, x) on a canvas ``margin_px`` wider on every side
     (:func:`reconstruct`), from TIE: the fit and the TIE phase, both on the canvas."""
-    measured = None
-    if margin_px:
-        # Reflected data in the margin only start TIE and the amplitude; the misfit ignores them.
-        pad = ((0, 0), (margin_px, margin_px), (margin_px, margin_px))
-        measured = np.pad(np.ones(images.shape[1:]), pad[1:])
-        images = np.pad(images, pad, mode="reflect")
+    images, measured = padded(images, margin_px)
     tie = tie_phase(images, nominal, pixel_size_nm, microscope.voltage_kv * 1e3)
-    return _fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress), tie
+    return fit_canvas(images, measured, tie, nominal, pixel_size_nm, microscope, settings, progress), tie
 
 
 def reconstruct(
@@ -183,12 +194,14 @@ def reconstruct(
 ) -> Reconstruction:
     """Recover phase, amplitude and the refined microscope parameters of one aligned series.
 
-    The fit runs coarse to fine (:func:`_fit_canvas`); ``progress`` follows the full-resolution
+    The fit runs coarse to fine (:func:`fit_canvas`); ``progress`` follows the full-resolution
     fit, and the iterations reported are its own. The object is fitted on a canvas wider than the images by
     ``margin_px`` on every side, where no data constrain it, so that the FFT's periodic wrap-around
     falls outside the data: a microscope records a window of a larger field, which is not periodic.
     ``None``: as ``settings.margin`` says, by default the Fresnel spread of the largest defocus
-    (:func:`canvas_margin_px`); 0: a periodic field. The maps returned cover the images.
+    (:func:`canvas_margin_px`); 0: a periodic field. The maps returned cover the images. With
+    ``settings.drift_screen`` the forward model first picks the drift among registration's
+    alternatives (:mod:`phasepipe.drift_screen`), and the drift reported includes its choice.
     """
     images = np.asarray(images, dtype=np.float64)
     nominal = np.asarray(defocus_nominal_nm, dtype=np.float64)
@@ -201,8 +214,12 @@ def reconstruct(
             "defocus_spread is refined, but its envelope does not depend on defocus: a series cannot "
             "tell it from the object's own resolution, so the value is not a measurement (docs/physics.md)"
         )
-    from phasepipe import uncertainty  # it builds on this module's model and fit
+    from phasepipe import drift_screen, uncertainty  # they build on this module's model and fit
 
+    screened = np.zeros((len(images), 2))
+    if settings.drift_screen:
+        screened = drift_screen.screened_drift(images, nominal, pixel_size_nm, microscope, settings, margin_px)
+        images = np.stack([shift_image(image, drift) for image, drift in zip(images, screened, strict=True)])
     fitted, tie = _fit_window(images, nominal, pixel_size_nm, microscope, settings, margin_px, progress)
     params, result = fitted.params, fitted.result
     std = uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
@@ -232,8 +249,10 @@ def reconstruct(
     # reported, and the drift takes up the rest (phasepipe/gauge.py).
     gradient = gauge.flattest_gradient(phase) if margin_px else np.zeros(2)
     wavelength_nm = physics.wavelength_nm(microscope.voltage_kv * 1e3)
-    values["shifts_px"] = values["shifts_px"] + gauge.ramp_shift_px(
-        gradient, values["defocus_nm"], pixel_size_nm, wavelength_nm
+    values["shifts_px"] = (
+        values["shifts_px"]
+        + screened
+        + gauge.ramp_shift_px(gradient, values["defocus_nm"], pixel_size_nm, wavelength_nm)
     )
     with torch.no_grad():
         return Reconstruction(
@@ -253,7 +272,7 @@ def reconstruct(
 
 
 def _bootstrap_correction(
-    fitted: _Fit,
+    fitted: CanvasFit,
     images: np.ndarray,
     nominal: np.ndarray,
     pixel_size_nm: float,
@@ -356,6 +375,7 @@ def settings_from_config(section: dict) -> Settings:
         device=device,
         separation=section["separation"],
         bootstrap_replicates=section["bootstrap"],
+        drift_screen=section["drift_screen"],
     )
 
 

@@ -393,7 +393,7 @@ def reconstruct_tiled(
     )
     # Tiles' calibrations scatter over the field: that spread is the series' std (combine_parameters),
     # so a tile does not estimate it again from sub-fields of its own, nor draw replicates.
-    tile_settings = replace(settings, subfield_uncertainty=False, bootstrap_replicates=0)
+    tile_settings = replace(settings, subfield_uncertainty=False, bootstrap_replicates=0, drift_screen=False)
     job = TileJob(
         str(store), str(records), tuple(map(float, nominal)), pixel, microscope, tile_settings, halo, torch_threads
     )

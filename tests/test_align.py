@@ -102,6 +102,22 @@ def test_series_drift_through_focus_within_005_px(seed):
     assert rms_error(plain, truth) > 1.0
 
 
+def test_leave_one_out_drifts_place_the_left_out_image_by_interpolation():
+    """A drift in proportion to defocus (0.6, -0.4 px per 0.8 mm) registered with each image left
+    out in turn: every alternative equals the truth less its mean within 0.05 px, the left-out image
+    interpolated between (or, at the ends, taken from) its neighbours; too few images give none."""
+    df = np.array(FIVE)
+    truth = np.outer(df / 0.8e6, [0.6, -0.4])
+    images = weak_object_series(FIVE, truth, absorption=0.3)
+    drifts = align.leave_one_out_drifts(images, df)
+    assert len(drifts) == 5
+    errors = [np.abs(drift - (truth - truth.mean(axis=0))).max() for drift in drifts]
+    # An end takes its neighbour's drift, one step (0.6 px in y) off, 0.48 px once the mean is out.
+    assert max(errors[1:4]) < 0.05
+    assert 0.43 < errors[0] < 0.53 and 0.43 < errors[4] < 0.53
+    assert align.leave_one_out_drifts(images[:2], df[:2]) == []
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lens_rotation_and_scale_within_002_deg_and_005_percent(seed):
     """The lens rotates the image by up to 0.3 degrees and scales it by up to 0.5 % at +-1.6 mm, in
