@@ -8,8 +8,9 @@ several pixels off, it bends the phase to the misplaced images instead (docs/phy
 "Alignment"). The forward model knows how each image should look, so here it arbitrates: every
 distinct drift that registration gives with one image left out (:func:`align.leave_one_out_drifts`)
 is tried by a short fit of the binned series with the drift refined from it, and the drift whose fit
-ends with the lowest objective (misfit plus total variation) is kept. Where every alternative agrees
-with the registration within ``DISTINCT_PX``, nothing is fitted.
+ends with the lowest objective (misfit plus total variation) is kept, if lower than the
+registration's by ``MARGIN``. Where every alternative agrees with the registration within
+``DISTINCT_PX``, nothing is fitted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from phasepipe.tie import tie_phase
 log = logging.getLogger(__name__)
 
 DISTINCT_PX = 0.5  # an alternative drift closer than this (any image, y or x) to one tried is not tried
+# An alternative replaces the registration only with an objective this much lower (relative). A drift
+# in proportion to defocus trades against a phase ramp at almost no cost, so alternatives differing
+# by that alone tie within 0.3 % on the tuning families; the tie keeps the align stage's drift.
+MARGIN = 0.01
 SCREEN_FACTOR = 2  # binning of the screening fits
 SCREEN_ITERATIONS = 400  # each screening fit's length
 
@@ -52,7 +57,8 @@ def screened_drift(
     margin_px: int,
 ) -> np.ndarray:
     """The drift (N, 2) px beyond the aligned ``images``' that the forward model prefers: zeros
-    where the registration stands. Each candidate is fitted on the series binned
+    where the registration stands, as it does unless an alternative's objective is lower by
+    ``MARGIN``. Each candidate is fitted on the series binned
     ``SCREEN_FACTOR`` x (not binned where that would leave under ``COARSE_MIN_PX`` px a side), on
     the canvas ``margin_px`` wider, from TIE, for ``SCREEN_ITERATIONS`` iterations with its drift
     as the start of the refined shifts; all candidates see the same data, so their objectives
@@ -90,6 +96,8 @@ def screened_drift(
             loss, _ = fitted.model.objective(fitted.params, fitted.data, active, True, fitted.tv_weight)
         objectives.append(float(loss) if math.isfinite(float(loss)) else math.inf)
     best = int(np.argmin(objectives))
+    if objectives[best] > (1 - MARGIN) * objectives[0]:
+        best = 0
     moved = np.abs(candidates[best]).max()
     log.info(
         "drift screened by the model: %d candidates, objectives %s; %s",
