@@ -13,7 +13,8 @@ by the plain reference fit (phasepipe/plain.py) and by TIE. Printed, per family 
   median of |error| / std;
 * the drift error (RMS over the images, px): the align stage's registration, then the drift the
   engine reports (the registration, the model's screen of it and what the fit refined);
-* times: the engine's fit, its uncertainty, the plain fit, and the ratio of the medians;
+* times: the engine's fit, the rest of its reconstruction (the uncertainty, and the drift screen
+  where registration leaves alternatives), the plain fit, and the ratio of the fits' medians;
 * per octave of spatial frequency: the median phase error relative to the truth's content in
   that octave, for AD, plain and TIE, beside what the images carry there (the best image's
   |sin chi| E, 0 to 1).

@@ -219,7 +219,8 @@ def reconstruct(
     screened = np.zeros((len(images), 2))
     if settings.drift_screen:
         screened = drift_screen.screened_drift(images, nominal, pixel_size_nm, microscope, settings, margin_px)
-        images = np.stack([shift_image(image, drift) for image, drift in zip(images, screened, strict=True)])
+        if np.any(screened):
+            images = np.stack([shift_image(image, drift) for image, drift in zip(images, screened, strict=True)])
     fitted, tie = _fit_window(images, nominal, pixel_size_nm, microscope, settings, margin_px, progress)
     params, result = fitted.params, fitted.result
     std = uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
