@@ -26,7 +26,10 @@ pairs' disagreement with the solution is reported.
 What image registration cannot know: Lorentz deflection moves the features of a magnetic film
 between defocus levels by df times the local deflection angle, so a registration measures the drift
 plus a weighted mean of that deflection, in proportion to defocus (docs/physics.md). The residual is
-refined inside the reconstruction when ``shifts`` is in ``reconstruction.refine``.
+refined inside the reconstruction when ``shifts`` is in ``reconstruction.refine``; where images at
+different defocus are too unlike for their pairs to agree, the reconstruction puts the drifts
+registered with each image left out (:func:`leave_one_out_drifts`) to the forward model first
+(:mod:`phasepipe.drift_screen`).
 """
 
 from __future__ import annotations
