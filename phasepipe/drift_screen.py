@@ -70,8 +70,7 @@ def screened_drift(
     factor = SCREEN_FACTOR if min(images.shape[1:]) // SCREEN_FACTOR >= reconstruct.COARSE_MIN_PX else 1
     if factor > 1:
         padded = reconstruct.binned(padded, factor)
-        # A binned pixel is data only where all it holds is.
-        measured = None if measured is None else (reconstruct.binned(measured, factor) > 1 - 1e-6).astype(np.float64)
+        measured = reconstruct.binned_measured(measured, factor)
     start = tie_phase(padded, nominal, pixel_size_nm * factor, microscope.voltage_kv * 1e3)
     options = {**settings.options, "shifts": ParameterOptions(settings.options["shifts"].lr, 0)}
     screen = replace(

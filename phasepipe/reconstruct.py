@@ -79,6 +79,12 @@ def binned(stack: np.ndarray, factor: int) -> np.ndarray:
     return block.mean(axis=(-3, -1))
 
 
+def binned_measured(measured: np.ndarray | None, factor: int) -> np.ndarray | None:
+    """Where a series binned ``factor`` x has data (None: everywhere): a binned pixel is data only
+    where all it holds is."""
+    return None if measured is None else (binned(measured, factor) > 1 - 1e-6).astype(np.float64)
+
+
 @dataclass
 class CanvasFit:
     """A fitted canvas: the model and parameters at their optimum, with what chose the fit."""
@@ -122,8 +128,7 @@ def fit_canvas(
         coarse_images = binned(images, factor)
         coarse = fit_canvas(
             coarse_images,
-            # A binned pixel is data only where all it holds is.
-            None if measured is None else (binned(measured, factor) > 1 - 1e-6).astype(np.float64),
+            binned_measured(measured, factor),
             tie_phase(coarse_images, nominal, pixel_size_nm * factor, microscope.voltage_kv * 1e3),
             nominal,
             pixel_size_nm * factor,
