@@ -80,9 +80,7 @@ def screened_drift(
         coarse_factor=1,
         options=options,
         # The full resolution's weight, as the coarse fit uses (reconstruct.fit_canvas).
-        tv_weight=reconstruct.auto_tv_weight(reconstruct.noise_level(images), settings.tv_rule)
-        if settings.tv_weight is None
-        else settings.tv_weight,
+        tv_weight=reconstruct.chosen_tv_weight(reconstruct.noise_level(images), settings),
         log_every=10**9,
     )
     objectives = []

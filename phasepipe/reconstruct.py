@@ -70,6 +70,12 @@ class Reconstruction:
     calibration_bootstrap: np.ndarray = field(default_factory=lambda: np.array([]))  # factors refitted on replicates
 
 
+def chosen_tv_weight(noise: float, settings: Settings) -> float:
+    """The TV weight of a fit: ``settings.tv_weight``, or by ``settings.tv_rule`` from the images'
+    relative ``noise`` (:func:`auto_tv_weight`) where that is None."""
+    return auto_tv_weight(noise, settings.tv_rule) if settings.tv_weight is None else settings.tv_weight
+
+
 def binned(stack: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor`` x ``factor`` blocks of the last two axes (a remainder at the far edges
     is dropped)."""
@@ -121,7 +127,7 @@ def fit_canvas(
     weight = np.ones(images.shape[1:]) if measured is None else measured
     data_np = images / (np.sum(images * weight, axis=(1, 2), keepdims=True) / weight.sum())
     noise = noise_level(images)
-    tv_weight = auto_tv_weight(noise, settings.tv_rule) if settings.tv_weight is None else settings.tv_weight
+    tv_weight = chosen_tv_weight(noise, settings)
     factor = settings.coarse_factor
     coarse_seconds = 0.0
     if factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX:
