@@ -15,9 +15,12 @@ by the plain reference fit (phasepipe/plain.py) and by TIE. Printed, per family 
   engine reports (the registration, the model's screen of it and what the fit refined);
 * times: the engine's fit, the rest of its reconstruction (the uncertainty, and the drift screen
   where registration leaves alternatives), the plain fit, and the ratio of the fits' medians;
+* what the images carry: acc of the best linear estimate from the same series were its images
+  linear in the phase, knowing the truth's spectrum, the defocus and the drift
+  (corpus.linear_estimate; neither a bound nor a target, a yardstick of the noise and transfer);
 * per octave of spatial frequency: the median phase error relative to the truth's content in
-  that octave, for AD, plain and TIE, beside what the images carry there (the best image's
-  |sin chi| E, 0 to 1).
+  that octave, for AD, plain, TIE and the linear estimate, beside the transfer there (the best
+  image's |sin chi| E, 0 to 1).
 
 Cases run in parallel, one per worker process, one torch thread each. Run from the repository
 root::
@@ -75,6 +78,9 @@ def summary(rows: list[dict], label: str) -> dict:
         "acc_ad_median": float(np.median(acc["ad"])),
         "acc_ad_min": float(acc["ad"].min()),
         "acc_tie_median": float(np.median(acc["tie"])),
+        "acc_linear_median": float(np.median([r["acc_linear"] for r in rows])),
+        "acc_free_linear_median": float(np.median([r["acc_free_linear"] for r in rows])),
+        "ad_above_linear": int(np.sum(acc["ad"] > [r["acc_linear"] for r in rows])),
         "ad_above_tie": int(np.sum(acc["ad"] > acc["tie"])),
         "acc_free": " / ".join(f"{np.median(v):.4f}" for v in free.values() if v),
         "cal_err_ad_median": float(np.median(err_ad)),
@@ -109,6 +115,7 @@ def print_summaries(rows: list[dict]) -> None:
             groups[f"{n} images, {round(100 * noise)} %"] = picked
     has_plain = "acc_plain" in rows[0]
     head = "| group | cases | acc AD (median, min) | acc plain | acc TIE | AD > TIE | plane-free acc AD / plain / TIE"
+    head += " | acc linear (plane-free), AD above it"
     head += " | cal error AD (median, p90)"
     head += " | cal error plain p90 | |err| <= 2 std | median |err|/std"
     head += " | drift error (px): registered, final | fit / unc. / plain (s) |"
@@ -124,6 +131,7 @@ def print_summaries(rows: list[dict]) -> None:
         print(
             f"| {label} | {s['cases']} | {s['acc_ad_median']:.4f}, {s['acc_ad_min']:.4f} | {plain_acc} "
             f"| {s['acc_tie_median']:.4f} | {s['ad_above_tie']}/{s['cases']} | {s['acc_free']} "
+            f"| {s['acc_linear_median']:.4f} ({s['acc_free_linear_median']:.4f}), {s['ad_above_linear']}/{s['cases']} "
             f"| {100 * s['cal_err_ad_median']:.2f} %, {100 * s['cal_err_ad_p90']:.2f} % | {plain_err} "
             f"| {100 * s['coverage_2std']:.0f} % | {s['err_over_std_median']:.2f} "
             f"| {s['registration_err_median_px']:.2f}, {s['drift_err_median_px']:.2f} "
@@ -134,9 +142,9 @@ def print_summaries(rows: list[dict]) -> None:
 
 def print_bands(rows: list[dict]) -> None:
     bands = metrics.octave_bands((rows[0]["size_px"],) * 2, corpus.PIXEL_NM, corpus.OCTAVES)
-    methods = [m for m in ("ad", "plain", "tie") if f"band_{m}" in rows[0]]
-    print("\nPhase error per octave, relative to the truth's content there (median over cases), and what")
-    print("the images carry there (best image's |sin chi| E):\n")
+    methods = [m for m in ("ad", "plain", "tie", "linear") if f"band_{m}" in rows[0]]
+    print("\nPhase error per octave, relative to the truth's content there (median over cases; linear: the")
+    print("best linear estimate, what the images carry), and the transfer there (best image's |sin chi| E):\n")
     print("| family | octave (cycles/nm) | " + " | ".join(f"error {m}" for m in methods) + " | transfer |")
     print("| --- | --- |" + " --- |" * (len(methods) + 1))
     for family in dict.fromkeys(r["family"] for r in rows):

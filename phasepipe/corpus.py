@@ -92,13 +92,18 @@ def specimen(
     return makers[family](n, window, rng)
 
 
+def field(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.random.Generator]:
+    """(phase, amplitude, magnetic phase or None) of a case's specimen on the whole field its
+    window is cut from, and the case's generator, drawn on for the recording next."""
+    rng = np.random.default_rng([case.seed, FAMILIES.index(case.family)])
+    n = case.size_px + 2 * simulate.field_margin_px(case.acquisition())
+    return (*specimen(case.family, n, case.size_px, rng), rng)
+
+
 def simulate_case(case: Case) -> tuple[np.ndarray, object]:
     """The recorded images (N, size, size) float32 and the truth of a case."""
-    rng = np.random.default_rng([case.seed, FAMILIES.index(case.family)])
-    acquisition = case.acquisition()
-    n = case.size_px + 2 * simulate.field_margin_px(acquisition)
-    phase, amplitude, magnetic = specimen(case.family, n, case.size_px, rng)
-    return simulate.record(phase, amplitude, case.size_px, acquisition, rng, magnetic)
+    phase, amplitude, magnetic, rng = field(case)
+    return simulate.record(phase, amplitude, case.size_px, case.acquisition(), rng, magnetic)
 
 
 def simulate_pair(case: Case, relation: str) -> tuple[tuple[np.ndarray, object], tuple[np.ndarray, object], object]:
@@ -108,10 +113,8 @@ def simulate_pair(case: Case, relation: str) -> tuple[tuple[np.ndarray, object],
     (images, truth) of the partner, the partner's :class:`~phasepipe.frames.Similarity`)."""
     from phasepipe import frames
 
-    rng = np.random.default_rng([case.seed, FAMILIES.index(case.family)])
     acquisition = case.acquisition()
-    n = case.size_px + 2 * simulate.field_margin_px(acquisition)
-    phase, amplitude, magnetic = specimen(case.family, n, case.size_px, rng)
+    phase, amplitude, magnetic, rng = field(case)
     if magnetic is None:
         raise ValueError(f"family {case.family!r} holds no magnetic phase to separate")
     anchor = simulate.record(phase, amplitude, case.size_px, acquisition, rng, magnetic)
@@ -322,6 +325,67 @@ def phase_transfer(
     return [float(best[(q > low) & (q <= high)].mean()) for low, high in bands]
 
 
+def linear_estimate(case: Case, noise_seed: int = 0) -> np.ndarray:
+    """What the images carry of the phase, estimated: the phase (window x window) as the best
+    linear estimate recovers it from the case's series were its images linear in the phase.
+
+    The images are modelled as a weak phase sees them, I_j = 1 - 2 F^-1[Im T_j F phi] (T_j the
+    coherent transfer at the true defocus, both envelopes), formed on the whole field and recorded
+    through the window with the case's noise (``noise_seed``); the estimate is their minimum
+    mean-square-error (Wiener) solution with the truth's own power spectrum as the prior, solved by
+    preconditioned conjugate gradients. It knows what no fit does (the defocus, the drift, the
+    phase's spectrum) and misses what a fit may use (a total variation that knows the phase is
+    piecewise flat, the non-linear contrast of a strong phase), so it is neither a bound nor a
+    target: it shows, per band, how much of the phase the noise and the transfer leave (docs/physics.md,
+    "Validation").
+    """
+    from scipy import fft
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    a = case.acquisition()
+    phase, _, _, _ = field(case)
+    n = phase.shape[0]
+    margin = (n - case.size_px) // 2
+    window = np.s_[margin : margin + case.size_px, margin : margin + case.size_px]
+    mask = np.zeros((n, n))
+    mask[window] = 1
+    qy, qx = physics.frequency_grid((n, n), a.pixel_size_nm)
+    defocus = a.calibration * np.asarray(a.defocus_nominal_nm, float)
+    transfer = physics.transfer_function(
+        qx**2 + qy**2,
+        defocus[:, None, None],
+        physics.wavelength_nm(a.voltage_kv * 1e3),
+        a.cs_mm * 1e6,
+        a.beam_divergence_mrad * 1e-3,
+        a.defocus_spread_nm,
+    )
+    t = -2 * transfer.imag  # real and even: the weak phase's contrast transfer, per image
+    spectrum = np.abs(fft.fft2(phase - phase.mean(), norm="ortho")) ** 2
+    spectrum = np.maximum(spectrum, 1e-12 * spectrum.max())
+    variance = a.noise_fraction**2
+
+    def images(x: np.ndarray) -> np.ndarray:
+        return mask * fft.ifft2(t * fft.fft2(x, norm="ortho"), norm="ortho").real
+
+    def adjoint(r: np.ndarray) -> np.ndarray:
+        return fft.ifft2(np.sum(t * fft.fft2(mask * r, norm="ortho"), axis=0), norm="ortho").real
+
+    def fourier_divided(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return fft.ifft2(fft.fft2(x, norm="ortho") / d, norm="ortho").real
+
+    def normal(v: np.ndarray) -> np.ndarray:
+        x = v.reshape(n, n)
+        return (adjoint(images(x)) / variance + fourier_divided(x, spectrum)).ravel()
+
+    noise = np.random.default_rng(noise_seed).standard_normal((defocus.size, n, n))
+    data = images(phase) + mask * a.noise_fraction * noise
+    diagonal = mask.mean() * np.sum(t**2, axis=0) / variance + 1 / spectrum  # the window's share, spread
+    operator = LinearOperator((n * n, n * n), matvec=normal)
+    preconditioner = LinearOperator((n * n, n * n), matvec=lambda v: fourier_divided(v.reshape(n, n), diagonal).ravel())
+    solution, _ = cg(operator, (adjoint(data) / variance).ravel(), M=preconditioner, rtol=1e-5, maxiter=1000)
+    return solution.reshape(n, n)[window]
+
+
 def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     """One case as a user's series goes through the workflow (align, then the engine), with TIE
     and, if ``plain_iterations``, the plain reference fit on the same aligned images.
@@ -330,7 +394,8 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     :func:`metrics.plane_free_accuracy`), the calibration's relative
     error (fitted / true - 1), the align stage's and the engine's drift error (RMS over images, px,
     relative to the reference image), its stated std of
-    the calibration, times, and the phase error per octave.
+    the calibration, times, and the phase error per octave; the same figures of
+    :func:`linear_estimate` (``linear``: what the images carry), and the transfer per octave.
     """
     import time
 
@@ -378,6 +443,12 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
         "band_tie": metrics.band_errors(tie_map, true_phase, PIXEL_NM, OCTAVES),
         "band_transfer": phase_transfer(acquisition, truth["defocus_nm"].values, true_phase.shape, bands),
     }
+    linear = linear_estimate(case)
+    row.update(
+        acc_linear=metrics.phase_accuracy(linear, true_phase),
+        acc_free_linear=metrics.plane_free_accuracy(linear, true_phase),
+        band_linear=metrics.band_errors(linear, true_phase, PIXEL_NM, OCTAVES),
+    )
     if plain_iterations:
         reference = plain.plain_fit(aligned, nominal, PIXEL_NM, microscope, plain_iterations)
         row.update(

@@ -63,6 +63,30 @@ def test_octave_errors_and_transfer():
     assert transfer[-1] < 0.1 and max(transfer[1:4]) > 0.4
 
 
+def test_the_linear_estimate_knows_what_the_images_transfer_and_the_noise_leaves():
+    """The best linear estimate (what the images carry): where the series transfers best its
+    error is small at any noise; where it transfers little, the noise decides (more noise, more
+    error, lower acc); where no image transfers (the envelope's top octave) it is no better than
+    a map of zeros (error about 1)."""
+    bands = metrics.octave_bands((128, 128), corpus.PIXEL_NM, corpus.OCTAVES)
+    errors, acc = {}, {}
+    for noise in (0.01, 0.2):
+        case = corpus.Case("litho", 0, 128, 3, 1.6, noise)
+        _, truth = corpus.simulate_case(case)
+        estimate = corpus.linear_estimate(case)
+        assert estimate.shape == (128, 128)
+        errors[noise] = metrics.band_errors(estimate, truth["phase"].values, corpus.PIXEL_NM)
+        acc[noise] = metrics.phase_accuracy(estimate, truth["phase"].values)
+    transfer = np.array(corpus.phase_transfer(case.acquisition(), truth["defocus_nm"].values, (128, 128), bands))
+    best, dark = int(np.argmax(transfer)), int(np.argmin(transfer))
+    faint = int(np.flatnonzero((transfer > 0.01) & (transfer < 0.1))[0])
+    assert transfer[best] > 0.5 and transfer[dark] < 0.01
+    assert max(errors[0.01][best], errors[0.2][best]) < 0.1
+    assert errors[0.2][faint] > errors[0.01][faint] + 0.1
+    assert acc[0.01] > acc[0.2] + 0.01
+    assert 0.9 < errors[0.2][dark] < 1.05
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "case",
