@@ -13,7 +13,11 @@ same registration (phasepipe/tie.py: separation). Printed per case and per acqui
 * acc of phi_m and phi_e (the anchor's, against the truth; acc as docs/physics.md defines it,
   and plane-free: no series measures the phase's ramp), joint fit and TIE;
 * the induction direction's median angular error inside the magnetic material (where the true
-  |B t| exceeds a quarter of its 99th percentile), joint fit and TIE;
+  |B t| exceeds a quarter of its 99th percentile), joint fit and TIE, and the induction's acc (its
+  components' correlation with the truth's over the interior);
+* the same two for the joint fit's phi_m low-passed at other fractions of the series' resolved
+  frequency before the derivative (separation.INDUCTION_BAND is the default; it was chosen with
+  ``--family islands``, a tuning family);
 * the calibration error of both series after the joint fit;
 * the absorption split of the anchor's own reconstruction (acc of phi_m) against the total
   phase taken as magnetic;
@@ -21,8 +25,9 @@ same registration (phasepipe/tie.py: separation). Printed per case and per acqui
 
 Run from the repository root (cases in parallel, one per worker process)::
 
-    .venv/bin/python benchmarks/separation.py            # 12 cases
-    .venv/bin/python benchmarks/separation.py --quick    # 2 cases
+    .venv/bin/python benchmarks/separation.py                   # 12 cases, held out
+    .venv/bin/python benchmarks/separation.py --quick           # 2 cases
+    .venv/bin/python benchmarks/separation.py --family islands  # the tuning family's pairs
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from phasepipe import corpus  # noqa: E402
+from phasepipe import corpus, separation  # noqa: E402
+
+BANDS = (1, 1 / 2, 1 / 4, 1 / 6, 1 / 8, 1 / 12)  # fractions of the resolved frequency scanned
 
 
 def run_pair(job: tuple[corpus.Case, str]) -> dict:
     """One case and its partner through the own fits, the registration, the joint fit and TIE."""
     import torch
 
-    from phasepipe import align, frames, joint, metrics, optimise, parameters, reconstruct, separation, tie
+    from phasepipe import align, frames, joint, metrics, optimise, parameters, reconstruct, tie
 
     torch.set_num_threads(1)
     case, relation = job
@@ -97,9 +104,13 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
         members[magnetic_index].defocus_nominal_nm, microscope.beam_divergence_mrad, corpus.PIXEL_NM
     )
 
-    def angle(phase_m):
-        maps = separation.induction_maps(phase_m, corpus.PIXEL_NM, resolved)
+    def angle(phase_m, band=separation.INDUCTION_BAND):
+        maps = separation.induction_maps(phase_m, corpus.PIXEL_NM, resolved, band)
         return separation.angular_error_deg(maps["induction_x_tnm"], maps["induction_y_tnm"], *true_b, inside)
+
+    def induction_acc(phase_m, band=separation.INDUCTION_BAND):
+        maps = separation.induction_maps(phase_m, corpus.PIXEL_NM, resolved, band)
+        return separation.induction_accuracy(maps["induction_x_tnm"], maps["induction_y_tnm"], *true_b)
 
     # TIE on the same aligned images, the partner's in the anchor's frame, then in the magnetic series' frame.
     partner = members[1]
@@ -133,6 +144,10 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
         "tie_acc_e": metrics.phase_accuracy(tie_e, true_e),
         "angle_deg": angle(result.phase_magnetic),
         "tie_angle_deg": angle(tie_m),
+        "b_acc": induction_acc(result.phase_magnetic),
+        "tie_b_acc": induction_acc(tie_m),
+        "band_angle_deg": [angle(result.phase_magnetic, band) for band in BANDS],
+        "band_b_acc": [induction_acc(result.phase_magnetic, band) for band in BANDS],
         "cal_err": max(calibration_errors),
         "absorption_acc_m": metrics.phase_accuracy(alone_m, true_m),
         "total_as_m_acc": metrics.phase_accuracy(starts[magnetic_index]["phase"], true_m),
@@ -142,11 +157,11 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     }
 
 
-def cases(quick: bool) -> list[tuple[corpus.Case, str]]:
+def cases(quick: bool, family: str) -> list[tuple[corpus.Case, str]]:
     grid = [(5, 0.05), (5, 0.1), (3, 0.1)] if not quick else [(5, 0.05)]
     seeds = (0, 1) if not quick else (0,)
     return [
-        (corpus.Case("elements", seed, 256, n, 1.6, noise), relation)
+        (corpus.Case(family, seed, 256, n, 1.6, noise), relation)
         for relation in ("flip", "reference")
         for n, noise in grid
         for seed in seeds
@@ -157,9 +172,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two cases (one flip, one reference pair)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--family",
+        default="elements",
+        choices=("elements", "islands"),
+        help="elements: held out (the default); islands: the tuning family's magnetic textures",
+    )
     args = parser.parse_args()
-    jobs = cases(args.quick)
-    print(f"{len(jobs)} pairs of held-out patterned elements (family 'elements'), 256 px, +-1.6 mm", flush=True)
+    jobs = cases(args.quick, args.family)
+    print(f"{len(jobs)} pairs of family {args.family!r}, 256 px, +-1.6 mm", flush=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(run_pair, jobs))
@@ -176,6 +197,8 @@ def main() -> None:
         "tie_acc_e",
         "angle_deg",
         "tie_angle_deg",
+        "b_acc",
+        "tie_b_acc",
         "cal_err",
         "absorption_acc_m",
         "total_as_m_acc",
@@ -201,9 +224,18 @@ def main() -> None:
                 f"(min {min(r['acc_m'] for r in group):.4f}, plane-free {med('acc_m_free'):.4f}), "
                 f"acc phi_e {med('acc_e'):.4f} (min {min(r['acc_e'] for r in group):.4f}); "
                 f"TIE {med('tie_acc_m'):.4f} / {med('tie_acc_e'):.4f}; induction angle {med('angle_deg'):.1f} deg "
-                f"(TIE {med('tie_angle_deg'):.1f}); calibration error {100 * med('cal_err'):.2f} %; "
+                f"(TIE {med('tie_angle_deg'):.1f}), induction acc {med('b_acc'):.4f} (TIE {med('tie_b_acc'):.4f}); "
+                f"calibration error {100 * med('cal_err'):.2f} %; "
                 f"absorption split {med('absorption_acc_m'):.3f} (total as magnetic {med('total_as_m_acc'):.3f})"
             )
+    print("\nThe joint fit's induction by the low-pass before the derivative (fraction of the resolved frequency;")
+    print(f"default {separation.INDUCTION_BAND:.3g}), over all pairs:\n")
+    print("| fraction | induction acc (median, min) | angle (median, max) |")
+    print("| --- | --- | --- |")
+    for k, band in enumerate(BANDS):
+        acc = [r["band_b_acc"][k] for r in rows]
+        angle = [r["band_angle_deg"][k] for r in rows]
+        print(f"| {band:.3g} | {np.median(acc):.4f}, {min(acc):.4f} | {np.median(angle):.1f}, {max(angle):.1f} deg |")
     own, joint_fit = (np.median([r[key] for r in rows]) for key in ("t_own", "t_joint"))
     print(
         f"\nown fits {own:.1f} s, joint fit {joint_fit:.1f} s (medians per pair); wall {time.perf_counter() - t0:.0f} s"

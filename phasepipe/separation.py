@@ -22,6 +22,12 @@ from phasepipe import physics
 # The fitted amplitude's pixel noise, whose total variation grows with k, would pull k to 0: the
 # absorption is denoised first (total variation, this many times its estimated noise).
 ABSORPTION_DENOISING = 4.0
+# The induction is a derivative of phi_m, which amplifies the fit's noise wherever the images
+# carry the phase weakly, well inside the band they resolve: the phase is low-passed at this
+# fraction of the series' resolved frequency first. Chosen on the corpus' tuning family's pairs
+# (`benchmarks/separation.py --family islands`), where the induction's correlation with the truth
+# peaks there (docs/physics.md, "Magnetic and electrostatic phase").
+INDUCTION_BAND = 1 / 6
 
 
 def absorption_split(phase: np.ndarray, amplitude: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -48,17 +54,26 @@ def absorption_split(phase: np.ndarray, amplitude: np.ndarray) -> tuple[np.ndarr
 
 
 def induction_maps(
-    phase_magnetic: np.ndarray, pixel_size_nm: float, resolved_per_nm: float | None = None
+    phase_magnetic: np.ndarray,
+    pixel_size_nm: float,
+    resolved_per_nm: float | None = None,
+    band: float = INDUCTION_BAND,
 ) -> dict[str, np.ndarray]:
     """The in-plane integrated induction (B t, T nm) of a magnetic phase, by the store's names.
 
     ``resolved_per_nm``: the highest frequency the series resolves (:func:`resolved_per_nm`); the
-    phase is first low-passed there (a Gaussian of sigma 1 / (2 pi q)), since a derivative
-    amplifies the fit's noise beyond it, where no image carries the phase.
+    phase is first low-passed at ``band`` times it (a Gaussian of sigma 1 / (2 pi band q)), since
+    a derivative amplifies the fit's noise where the images carry the phase weakly. The plane that
+    best fits the phase is kept out of the filter, so that a uniform induction stays uniform up to
+    the field's edges.
     """
     phase = np.asarray(phase_magnetic, float)
     if resolved_per_nm is not None:
-        phase = ndimage.gaussian_filter(phase, 1 / (2 * np.pi * resolved_per_nm * pixel_size_nm), mode="nearest")
+        y, x = np.indices(phase.shape, dtype=float)
+        basis = np.stack([np.ones(phase.size), y.ravel(), x.ravel()], axis=1)
+        plane = (basis @ np.linalg.lstsq(basis, phase.ravel(), rcond=None)[0]).reshape(phase.shape)
+        sigma_px = 1 / (2 * np.pi * band * resolved_per_nm * pixel_size_nm)
+        phase = plane + ndimage.gaussian_filter(phase - plane, sigma_px, mode="reflect")
     bx, by = physics.induction_from_phase(phase, pixel_size_nm)
     return {"induction_x_tnm": bx.astype(np.float32), "induction_y_tnm": by.astype(np.float32)}
 
@@ -74,6 +89,15 @@ def resolved_per_nm(ds) -> float:
     """:func:`series_resolution` of a reconstructed store."""
     beam_divergence_mrad = json.loads(ds.attrs["microscope"])["beam_divergence_mrad"]
     return series_resolution(ds["defocus_nominal_nm"].values, beam_divergence_mrad, float(ds.attrs["pixel_size_nm"]))
+
+
+def induction_accuracy(bx, by, true_bx, true_by, border_px: int = 32) -> float:
+    """acc of an induction map: the correlation of its two components, taken together, with the
+    true ones over the interior (``border_px`` from each edge)."""
+    inner = np.s_[border_px : np.shape(bx)[0] - border_px, border_px : np.shape(bx)[1] - border_px]
+    recovered = np.concatenate([np.asarray(bx)[inner].ravel(), np.asarray(by)[inner].ravel()])
+    true = np.concatenate([np.asarray(true_bx)[inner].ravel(), np.asarray(true_by)[inner].ravel()])
+    return float(np.corrcoef(recovered, true)[0, 1])
 
 
 def angular_error_deg(bx, by, true_bx, true_by, inside: np.ndarray) -> float:

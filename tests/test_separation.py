@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from scipy import ndimage
 
 from phasepipe import corpus, metrics, physics, separation
 
@@ -63,3 +64,16 @@ def test_the_induction_is_low_passed_where_no_image_resolves_the_phase():
         np.abs(separation.induction_maps(smooth, 5.0, q)["induction_x_tnm"][inner] - exact).max() < 1e-3 * exact.mean()
     )
     assert np.std(filtered - exact) < 0.3 * np.std(raw - exact)
+
+
+def test_induction_accuracy_correlates_both_components_over_the_interior():
+    """1 against itself, -1 against its reverse, lower with noise; the border is left out."""
+    rng = np.random.default_rng(3)
+    bx, by = (ndimage.gaussian_filter(rng.standard_normal((96, 96)), 4) for _ in range(2))
+    assert separation.induction_accuracy(bx, by, bx, by) > 0.9999
+    assert separation.induction_accuracy(-bx, -by, bx, by) < -0.9999
+    noisy = separation.induction_accuracy(bx + 0.05 * rng.standard_normal(bx.shape), by, bx, by)
+    assert 0.5 < noisy < 0.99
+    spoiled = bx.copy()
+    spoiled[:8] = 100.0  # inside the border
+    assert separation.induction_accuracy(spoiled, by, bx, by, border_px=8) > 0.9999

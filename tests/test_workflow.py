@@ -425,4 +425,4 @@ def test_a_micromagnetic_state_goes_through_simulate_the_workflow_and_the_separa
         names = ("induction_x_tnm", "induction_y_tnm")
         recovered = np.concatenate([ds[name].values[inner].ravel() for name in names])
         true = np.concatenate([truth[name].values[inner].ravel() for name in names])
-        assert np.corrcoef(recovered, true)[0, 1] > 0.95, series
+        assert np.corrcoef(recovered, true)[0, 1] > 0.98, series
