@@ -104,13 +104,11 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
         members[magnetic_index].defocus_nominal_nm, microscope.beam_divergence_mrad, corpus.PIXEL_NM
     )
 
-    def angle(phase_m, band=separation.INDUCTION_BAND):
+    def induction(phase_m, band=separation.INDUCTION_BAND) -> tuple[float, float]:
+        """(median angle in degrees inside the material, acc) of the induction from ``phase_m``."""
         maps = separation.induction_maps(phase_m, corpus.PIXEL_NM, resolved, band)
-        return separation.angular_error_deg(maps["induction_x_tnm"], maps["induction_y_tnm"], *true_b, inside)
-
-    def induction_acc(phase_m, band=separation.INDUCTION_BAND):
-        maps = separation.induction_maps(phase_m, corpus.PIXEL_NM, resolved, band)
-        return separation.induction_accuracy(maps["induction_x_tnm"], maps["induction_y_tnm"], *true_b)
+        b = (maps["induction_x_tnm"], maps["induction_y_tnm"])
+        return separation.angular_error_deg(*b, *true_b, inside), separation.induction_accuracy(*b, *true_b)
 
     # TIE on the same aligned images, the partner's in the anchor's frame, then in the magnetic series' frame.
     partner = members[1]
@@ -125,6 +123,8 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     alone_e, alone_m, _ = separation.absorption_split(
         starts[magnetic_index]["phase"], starts[magnetic_index]["amplitude"]
     )
+    joint_induction, tie_induction = induction(result.phase_magnetic), induction(tie_m)
+    scan = [induction(result.phase_magnetic, band) for band in BANDS]
     calibration_errors = []
     for member, sep, tr in zip(members, separated, truths, strict=True):
         defocused = member.defocus_nominal_nm != 0
@@ -142,12 +142,12 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
         "tie_acc_m": metrics.phase_accuracy(tie_m, true_m),
         "tie_acc_m_free": metrics.plane_free_accuracy(tie_m, true_m),
         "tie_acc_e": metrics.phase_accuracy(tie_e, true_e),
-        "angle_deg": angle(result.phase_magnetic),
-        "tie_angle_deg": angle(tie_m),
-        "b_acc": induction_acc(result.phase_magnetic),
-        "tie_b_acc": induction_acc(tie_m),
-        "band_angle_deg": [angle(result.phase_magnetic, band) for band in BANDS],
-        "band_b_acc": [induction_acc(result.phase_magnetic, band) for band in BANDS],
+        "angle_deg": joint_induction[0],
+        "tie_angle_deg": tie_induction[0],
+        "b_acc": joint_induction[1],
+        "tie_b_acc": tie_induction[1],
+        "band_angle_deg": [angle for angle, _ in scan],
+        "band_b_acc": [acc for _, acc in scan],
         "cal_err": max(calibration_errors),
         "absorption_acc_m": metrics.phase_accuracy(alone_m, true_m),
         "total_as_m_acc": metrics.phase_accuracy(starts[magnetic_index]["phase"], true_m),

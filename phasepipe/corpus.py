@@ -304,24 +304,28 @@ def _wraps(n: int, window: int, rng: np.random.Generator):
 # --- running a case ------------------------------------------------------------------------------
 
 
-def phase_transfer(
-    acquisition: simulate.Acquisition, true_defocus_nm: np.ndarray, shape: tuple[int, int], bands: list
-) -> list[float]:
-    """What the images carry of the phase, per band: the mean over the band of the best image's
-    |sin chi(q)| E_s E_t (the weak-phase contrast transfer; 0: no image sees it, 1: fully)."""
+def _transfer(acquisition: simulate.Acquisition, defocus_nm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, *shape) the coherent transfer (both envelopes) of each image at ``defocus_nm``."""
     a = acquisition
     qy, qx = physics.frequency_grid(shape, a.pixel_size_nm)
-    q2 = qx**2 + qy**2
-    transfer = physics.transfer_function(
-        q2,
-        np.asarray(true_defocus_nm, float)[:, None, None],
+    return physics.transfer_function(
+        qx**2 + qy**2,
+        np.asarray(defocus_nm, float)[:, None, None],
         physics.wavelength_nm(a.voltage_kv * 1e3),
         a.cs_mm * 1e6,
         a.beam_divergence_mrad * 1e-3,
         a.defocus_spread_nm,
     )
-    best = np.abs(transfer.imag).max(axis=0)  # |sin chi| times the envelopes
-    q = np.sqrt(q2)
+
+
+def phase_transfer(
+    acquisition: simulate.Acquisition, true_defocus_nm: np.ndarray, shape: tuple[int, int], bands: list
+) -> list[float]:
+    """What the images carry of the phase, per band: the mean over the band of the best image's
+    |sin chi(q)| E_s E_t (the weak-phase contrast transfer; 0: no image sees it, 1: fully)."""
+    best = np.abs(_transfer(acquisition, true_defocus_nm, shape).imag).max(axis=0)  # |sin chi| E_s E_t
+    qy, qx = physics.frequency_grid(shape, acquisition.pixel_size_nm)
+    q = np.hypot(qx, qy)
     return [float(best[(q > low) & (q <= high)].mean()) for low, high in bands]
 
 
@@ -349,17 +353,8 @@ def linear_estimate(case: Case, noise_seed: int = 0) -> np.ndarray:
     window = np.s_[margin : margin + case.size_px, margin : margin + case.size_px]
     mask = np.zeros((n, n))
     mask[window] = 1
-    qy, qx = physics.frequency_grid((n, n), a.pixel_size_nm)
     defocus = a.calibration * np.asarray(a.defocus_nominal_nm, float)
-    transfer = physics.transfer_function(
-        qx**2 + qy**2,
-        defocus[:, None, None],
-        physics.wavelength_nm(a.voltage_kv * 1e3),
-        a.cs_mm * 1e6,
-        a.beam_divergence_mrad * 1e-3,
-        a.defocus_spread_nm,
-    )
-    t = -2 * transfer.imag  # real and even: the weak phase's contrast transfer, per image
+    t = -2 * _transfer(a, defocus, (n, n)).imag  # real and even: the weak phase's contrast transfer
     spectrum = np.abs(fft.fft2(phase - phase.mean(), norm="ortho")) ** 2
     spectrum = np.maximum(spectrum, 1e-12 * spectrum.max())
     variance = a.noise_fraction**2

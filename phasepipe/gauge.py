@@ -30,6 +30,13 @@ def flattest_gradient(phase: np.ndarray) -> np.ndarray:
     return g
 
 
+def best_plane(a: np.ndarray) -> np.ndarray:
+    """The plane (a + b y + c x) that best fits the map ``a`` in least squares, on its grid."""
+    y, x = np.indices(a.shape, dtype=np.float64)
+    basis = np.stack([np.ones(a.size), y.ravel(), x.ravel()], axis=1)
+    return (basis @ np.linalg.lstsq(basis, np.ravel(a), rcond=None)[0]).reshape(a.shape)
+
+
 def without_ramp(phase: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     """``phase`` less the plane of ``gradient`` (rad per px; zero at the map's centre)."""
     y, x = np.indices(phase.shape, dtype=np.float64)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from phasepipe.align import correlation_shift, shift_image
+from phasepipe.gauge import best_plane
 
 BORDER_PX = 32
 
 
-def _interior(a: np.ndarray, border_px: int) -> np.ndarray:
+def interior(a: np.ndarray, border_px: int = BORDER_PX) -> np.ndarray:
+    """``a`` without ``border_px`` on each side (less on a small map, so that its middle half stays)."""
     b = min(border_px, (min(a.shape) - 2) // 4)
     return a[b : a.shape[0] - b, b : a.shape[1] - b] if b > 0 else a
 
@@ -28,8 +30,8 @@ def register_to(reference: np.ndarray, moving: np.ndarray, max_shift_px: int = 4
 def phase_accuracy(recovered: np.ndarray, truth: np.ndarray, border_px: int = BORDER_PX) -> float:
     """acc: Pearson correlation over the interior after sub-pixel registration."""
     aligned = register_to(truth, recovered)
-    a = _interior(aligned, border_px).ravel()
-    b = _interior(truth, border_px).ravel()
+    a = interior(aligned, border_px).ravel()
+    b = interior(truth, border_px).ravel()
     return float(np.corrcoef(a, b)[0, 1])
 
 
@@ -37,18 +39,15 @@ def plane_free_accuracy(recovered: np.ndarray, truth: np.ndarray, border_px: int
     """acc after the plane that best fits the difference is taken from ``recovered``: what a
     through-focus series can tell, since no series measures a phase ramp (a beam tilt moves the
     images as drift in proportion to defocus does; docs/physics.md, "Degeneracies")."""
-    aligned = _interior(register_to(truth, recovered), border_px)
-    b = _interior(truth, border_px)
-    y, x = np.indices(b.shape, dtype=np.float64)
-    basis = np.stack([np.ones(b.size), y.ravel(), x.ravel()], axis=1)
-    coefficients = np.linalg.lstsq(basis, (aligned - b).ravel(), rcond=None)[0]
-    a = aligned.ravel() - basis @ coefficients
-    return float(np.corrcoef(a, b.ravel())[0, 1])
+    aligned = interior(register_to(truth, recovered), border_px)
+    b = interior(truth, border_px)
+    a = aligned - best_plane(aligned - b)
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
 def phase_rmse(recovered: np.ndarray, truth: np.ndarray, border_px: int = BORDER_PX) -> float:
     """RMS phase error in rad over the interior, after removing the mean difference."""
-    diff = _interior(register_to(truth, recovered) - truth, border_px)
+    diff = interior(register_to(truth, recovered) - truth, border_px)
     return float(np.sqrt(np.mean((diff - diff.mean()) ** 2)))
 
 
@@ -75,8 +74,8 @@ def band_errors(
     """The phase error per octave of spatial frequency, relative to the truth's own content there:
     sqrt(sum |F[recovered - truth]|^2 / sum |F[truth]|^2) over the octave, on the registered
     interior (Hann-windowed, as the interior is not periodic). Octaves as :func:`octave_bands`."""
-    diff = _interior(register_to(truth, recovered) - truth, border_px)
-    ref = _interior(truth, border_px)
+    diff = interior(register_to(truth, recovered) - truth, border_px)
+    ref = interior(truth, border_px)
     window = np.outer(np.hanning(diff.shape[0]), np.hanning(diff.shape[1]))
     power = [np.abs(np.fft.fft2((a - a.mean()) * window)) ** 2 for a in (diff, ref)]
     qy, qx = (np.fft.fftfreq(n, pixel_size_nm) for n in diff.shape)

@@ -17,7 +17,7 @@ import json
 import numpy as np
 from scipy import ndimage, optimize
 
-from phasepipe import physics
+from phasepipe import gauge, metrics, physics
 
 # The fitted amplitude's pixel noise, whose total variation grows with k, would pull k to 0: the
 # absorption is denoised first (total variation, this many times its estimated noise).
@@ -69,9 +69,7 @@ def induction_maps(
     """
     phase = np.asarray(phase_magnetic, float)
     if resolved_per_nm is not None:
-        y, x = np.indices(phase.shape, dtype=float)
-        basis = np.stack([np.ones(phase.size), y.ravel(), x.ravel()], axis=1)
-        plane = (basis @ np.linalg.lstsq(basis, phase.ravel(), rcond=None)[0]).reshape(phase.shape)
+        plane = gauge.best_plane(phase)
         sigma_px = 1 / (2 * np.pi * band * resolved_per_nm * pixel_size_nm)
         phase = plane + ndimage.gaussian_filter(phase - plane, sigma_px, mode="reflect")
     bx, by = physics.induction_from_phase(phase, pixel_size_nm)
@@ -93,10 +91,9 @@ def resolved_per_nm(ds) -> float:
 
 def induction_accuracy(bx, by, true_bx, true_by, border_px: int = 32) -> float:
     """acc of an induction map: the correlation of its two components, taken together, with the
-    true ones over the interior (``border_px`` from each edge)."""
-    inner = np.s_[border_px : np.shape(bx)[0] - border_px, border_px : np.shape(bx)[1] - border_px]
-    recovered = np.concatenate([np.asarray(bx)[inner].ravel(), np.asarray(by)[inner].ravel()])
-    true = np.concatenate([np.asarray(true_bx)[inner].ravel(), np.asarray(true_by)[inner].ravel()])
+    true ones over the interior (:func:`metrics.interior`)."""
+    recovered = np.concatenate([metrics.interior(np.asarray(b), border_px).ravel() for b in (bx, by)])
+    true = np.concatenate([metrics.interior(np.asarray(b), border_px).ravel() for b in (true_bx, true_by)])
     return float(np.corrcoef(recovered, true)[0, 1])
 
 
