@@ -120,8 +120,10 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
     tie_e, tie_m = tie.separation(*series, relation, corpus.PIXEL_NM, 200e3)
     if relation == "reference":
         tie_e, tie_m = (frames.to_partner(m, similarities[1]) for m in (tie_e, tie_m))
-    alone_e, alone_m, _ = separation.absorption_split(
-        starts[magnetic_index]["phase"], starts[magnetic_index]["amplitude"]
+    alone = separation.absorption_split(
+        starts[magnetic_index]["phase"],
+        starts[magnetic_index]["amplitude"],
+        separation.band_sigma_px(separation.ABSORPTION_BAND, resolved, corpus.PIXEL_NM),
     )
     joint_induction, tie_induction = induction(result.phase_magnetic), induction(tie_m)
     scan = [induction(result.phase_magnetic, band) for band in BANDS]
@@ -149,7 +151,7 @@ def run_pair(job: tuple[corpus.Case, str]) -> dict:
         "band_angle_deg": [angle for angle, _ in scan],
         "band_b_acc": [acc for _, acc in scan],
         "cal_err": max(calibration_errors),
-        "absorption_acc_m": metrics.phase_accuracy(alone_m, true_m),
+        "absorption_acc_m": metrics.phase_accuracy(alone.magnetic, true_m),
         "total_as_m_acc": metrics.phase_accuracy(starts[magnetic_index]["phase"], true_m),
         "t_own": own,
         "t_joint": result.seconds,

@@ -4,7 +4,8 @@ Defaults are tuned on the tuning families and judged on the held-out ones, which
 tuned on (docs/physics.md, "Validation"):
 
 - tuning: ``islands`` (the project's own magnetic textures: vortex disks, skyrmion and stripe
-  islands, skyrmion films, with particles), ``weak`` (weak smooth phase and absorption),
+  islands, skyrmion films, with particles; ``Case.particles`` False: without, one material),
+  ``weak`` (weak smooth phase and absorption),
   ``images`` (standard test images bundled with scikit-image, used as phase maps of a few rad);
 - held out: ``litho`` (sharp-edged lithographic patterns: letters, bars, rings and polygons with a
   mean inner potential), ``elements`` (patterned magnetic elements in micromagnetic-like states,
@@ -20,6 +21,8 @@ Delta 500 nm.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -47,11 +50,13 @@ class Case:
     n_images: int = 3
     defocus_mm: float = 1.6
     noise: float = 0.1
+    particles: bool = True  # False: the islands without their gold particles (one material)
 
     @property
     def name(self) -> str:
         noise = round(100 * self.noise)
-        return f"{self.family}-{self.n_images}x{self.defocus_mm:g}mm-{noise}%-{self.size_px}-s{self.seed}"
+        bare = "" if self.particles else "-bare"
+        return f"{self.family}{bare}-{self.n_images}x{self.defocus_mm:g}mm-{noise}%-{self.size_px}-s{self.seed}"
 
     def acquisition(self) -> simulate.Acquisition:
         """Nominal defocus, its true calibration and the drift, drawn from the case's seed."""
@@ -74,13 +79,14 @@ def cases(families=FAMILIES, sizes=(256,), seeds=(0,)) -> list[Case]:
 
 
 def specimen(
-    family: str, n: int, window: int, rng: np.random.Generator
+    family: str, n: int, window: int, rng: np.random.Generator, particles: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(phase, amplitude, the phase's magnetic part or None for a specimen with none) of a
     family's specimen on an n x n field whose centre window x window px are recorded; sizes scale
-    with the window."""
+    with the window. ``particles``: False leaves out the islands' gold particles (the other
+    families hold none), so that the specimen is one material."""
     makers = {
-        "islands": _islands,
+        "islands": functools.partial(_islands, particles=particles),
         "weak": _weak,
         "images": _images,
         "litho": _litho,
@@ -97,7 +103,7 @@ def field(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ran
     window is cut from, and the case's generator, drawn on for the recording next."""
     rng = np.random.default_rng([case.seed, FAMILIES.index(case.family)])
     n = case.size_px + 2 * simulate.field_margin_px(case.acquisition())
-    return (*specimen(case.family, n, case.size_px, rng), rng)
+    return (*specimen(case.family, n, case.size_px, rng, case.particles), rng)
 
 
 def simulate_case(case: Case) -> tuple[np.ndarray, object]:
@@ -141,8 +147,9 @@ def simulate_pair(case: Case, relation: str) -> tuple[tuple[np.ndarray, object],
 # --- tuning families -----------------------------------------------------------------------------
 
 
-def _islands(n: int, window: int, rng: np.random.Generator):
-    """One of the project's own textures, as the demo makes them (simulate.exit_wave)."""
+def _islands(n: int, window: int, rng: np.random.Generator, particles: bool = True):
+    """One of the project's own textures, as the demo makes them (simulate.exit_wave), with its
+    gold particles or without them."""
     kind = int(rng.integers(4))
     spec = [
         simulate.SeriesSpec("c", "vortex", size_px=window, extra={"radius_frac": rng.uniform(0.3, 0.42)}),
@@ -150,6 +157,8 @@ def _islands(n: int, window: int, rng: np.random.Generator):
         simulate.SeriesSpec("c", "stripes", size_px=window, b0_t=0.45, island_frac=rng.uniform(0.35, 0.45)),
         simulate.SeriesSpec("c", "skyrmions", size_px=window, b0_t=0.45),  # a film the window cuts
     ][kind]
+    if not particles:
+        spec = dataclasses.replace(spec, n_particles=0)
     return simulate.exit_wave(spec, rng, n)
 
 

@@ -13,6 +13,7 @@ electrostatic phase").
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -20,8 +21,14 @@ from scipy import ndimage, optimize
 from phasepipe import gauge, metrics, physics
 
 # The fitted amplitude's pixel noise, whose total variation grows with k, would pull k to 0: the
-# absorption is denoised first (total variation, this many times its estimated noise).
-ABSORPTION_DENOISING = 4.0
+# absorption is denoised first (total variation, this many times its estimated noise). And the
+# phase's edges are as sharp as the images transfer them, the denoised absorption's as the
+# denoising leaves them: compared pixel by pixel, that mismatch pulls k low too, so k is chosen on
+# both maps low-passed at a fraction of the series' resolved frequency (phi_m itself is not
+# filtered). Both chosen on the corpus' tuning family without its particles, one material
+# (`benchmarks/absorption.py`; docs/physics.md, "Magnetic and electrostatic phase").
+ABSORPTION_DENOISING = 2.0
+ABSORPTION_BAND = 1 / 8
 # The induction is a derivative of phi_m, which amplifies the fit's noise wherever the images
 # carry the phase weakly, well inside the band they resolve: the phase is low-passed at this
 # fraction of the series' resolved frequency first. Chosen on the corpus' tuning family's pairs
@@ -30,15 +37,41 @@ ABSORPTION_DENOISING = 4.0
 INDUCTION_BAND = 1 / 6
 
 
-def absorption_split(phase: np.ndarray, amplitude: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(phi_e, phi_m, k) with phi_e = k (-ln a) and k minimising the total variation of
-    phi_m = phase - phi_e (both maps with their mean removed)."""
+def band_sigma_px(band: float, resolved_per_nm: float, pixel_size_nm: float) -> float:
+    """The Gaussian sigma (px) of a low-pass at ``band`` times the resolved frequency."""
+    return 1 / (2 * np.pi * band * resolved_per_nm * pixel_size_nm)
+
+
+class Split(NamedTuple):
+    """One series' phase split by its absorption (maps with their mean removed)."""
+
+    electrostatic: np.ndarray  # k (-ln a), the absorption denoised
+    magnetic: np.ndarray  # the phase less it, with the flattest ramp
+    scale: float  # k, rad per unit of -ln a
+    ramp: np.ndarray  # (g_y, g_x) rad per px taken from the magnetic phase to make it flattest
+
+
+def absorption_split(
+    phase: np.ndarray,
+    amplitude: np.ndarray,
+    smoothing_px: float = 0.0,
+    denoising: float = ABSORPTION_DENOISING,
+) -> Split:
+    """phi_e = k (-ln a), with k minimising the total variation of phi - k (-ln a), both maps
+    low-passed by a Gaussian of sigma ``smoothing_px`` first (:data:`ABSORPTION_BAND`), and
+    phi_m = phase - phi_e with the flattest ramp (:mod:`phasepipe.gauge`).
+
+    No series measures the phase's ramp, but the amplitude has no such ambiguity: phi_e keeps the
+    ramp of k (-ln a), and phi_m's is chosen, the flattest. (The flattest total, which the fit
+    reports, is tilted by the edges of phi_e's steps wherever the field cuts an element:
+    docs/physics.md.)"""
     from skimage.restoration import denoise_tv_chambolle, estimate_sigma
 
     absorption = -np.log(np.clip(amplitude, 1e-6, None))
-    absorption = denoise_tv_chambolle(absorption, weight=ABSORPTION_DENOISING * estimate_sigma(absorption))
-    gy_p, gx_p = np.gradient(phase)
-    gy_a, gx_a = np.gradient(absorption)
+    absorption = denoise_tv_chambolle(absorption, weight=denoising * estimate_sigma(absorption))
+    low = (lambda a: ndimage.gaussian_filter(a, smoothing_px)) if smoothing_px > 0 else (lambda a: a)
+    gy_p, gx_p = np.gradient(low(phase))
+    gy_a, gx_a = np.gradient(low(absorption))
     if not np.any(np.hypot(gy_a, gx_a) > 0):
         k = 0.0  # a uniform amplitude holds no thickness to tie the phase to
     else:
@@ -50,7 +83,9 @@ def absorption_split(phase: np.ndarray, amplitude: np.ndarray) -> tuple[np.ndarr
         k = float(optimize.minimize_scalar(tv, bounds=(-4 * span, 4 * span), method="bounded").x)
     electrostatic = k * absorption
     magnetic = phase - electrostatic
-    return electrostatic - electrostatic.mean(), magnetic - magnetic.mean(), k
+    ramp = gauge.flattest_gradient(magnetic)
+    magnetic = gauge.without_ramp(magnetic, ramp)
+    return Split(electrostatic - electrostatic.mean(), magnetic - magnetic.mean(), k, ramp)
 
 
 def induction_maps(
@@ -70,7 +105,7 @@ def induction_maps(
     phase = np.asarray(phase_magnetic, float)
     if resolved_per_nm is not None:
         plane = gauge.best_plane(phase)
-        sigma_px = 1 / (2 * np.pi * band * resolved_per_nm * pixel_size_nm)
+        sigma_px = band_sigma_px(band, resolved_per_nm, pixel_size_nm)
         phase = plane + ndimage.gaussian_filter(phase - plane, sigma_px, mode="reflect")
     bx, by = physics.induction_from_phase(phase, pixel_size_nm)
     return {"induction_x_tnm": bx.astype(np.float32), "induction_y_tnm": by.astype(np.float32)}
@@ -105,9 +140,25 @@ def angular_error_deg(bx, by, true_bx, true_by, inside: np.ndarray) -> float:
 
 def absorption_dataset(ds):
     """A reconstructed Dataset with its absorption split (``separation: absorption``): the
-    separated phases, the induction, and the attribute ``separation`` with the constant k."""
-    electrostatic, magnetic, k = absorption_split(ds["phase"].values.astype(float), ds["amplitude"].values)
-    maps = {"phase_magnetic": magnetic, "phase_electrostatic": electrostatic}
-    maps.update(induction_maps(magnetic, float(ds.attrs["pixel_size_nm"]), resolved_per_nm(ds)))
+    separated phases, the induction, and the attribute ``separation`` with the constant k. The
+    total phase takes the split's ramp (:class:`Split`), and the drift the shifts that ramp
+    makes (:func:`phasepipe.gauge.ramp_shift_px`), so that phase and drift still predict the same
+    images."""
+    pixel_size_nm, resolved = float(ds.attrs["pixel_size_nm"]), resolved_per_nm(ds)
+    split = absorption_split(
+        ds["phase"].values.astype(float),
+        ds["amplitude"].values,
+        band_sigma_px(ABSORPTION_BAND, resolved, pixel_size_nm),
+    )
+    voltage_v = json.loads(ds.attrs["microscope"])["voltage_kv"] * 1e3
+    shifts = gauge.ramp_shift_px(split.ramp, ds["defocus_nm"].values, pixel_size_nm, physics.wavelength_nm(voltage_v))
+    shifts -= shifts[int(np.argmin(np.abs(ds["defocus_nominal_nm"].values)))]
+    maps = {
+        "phase": split.electrostatic + split.magnetic,
+        "phase_magnetic": split.magnetic,
+        "phase_electrostatic": split.electrostatic,
+    }
+    maps.update(induction_maps(split.magnetic, pixel_size_nm, resolved))
     out = ds.assign({name: (("y", "x"), np.asarray(value, np.float32)) for name, value in maps.items()})
-    return out.assign_attrs(separation=json.dumps({"relation": "absorption", "scale_rad": round(k, 6)}))
+    out = out.assign(shift_y_px=ds["shift_y_px"] + shifts[:, 0], shift_x_px=ds["shift_x_px"] + shifts[:, 1])
+    return out.assign_attrs(separation=json.dumps({"relation": "absorption", "scale_rad": round(split.scale, 6)}))

@@ -50,6 +50,19 @@ def test_every_family_gives_a_sampled_phase_of_its_kind(family):
     assert expected[0] < span < expected[1], span
 
 
+def test_islands_without_particles_are_one_material():
+    """Without its gold particles an island's electrostatic phase is one constant times its
+    absorption (what `separation: absorption` assumes); with them it is not."""
+    for seed in (11, 1, 4, 0):  # a vortex disk, a skyrmion island, a stripe island, a film
+        residuals = []
+        for particles in (True, False):
+            phase, amplitude, magnetic = corpus.specimen("islands", 192, 128, np.random.default_rng(seed), particles)
+            absorption, electrostatic = -np.log(amplitude).ravel(), (phase - magnetic).ravel()
+            fit = np.polyval(np.polyfit(absorption, electrostatic, 1), absorption)
+            residuals.append(np.abs(electrostatic - fit).max() / np.ptp(electrostatic))
+        assert residuals[1] < 1e-6 < 0.05 < residuals[0], (seed, residuals)
+
+
 def test_octave_errors_and_transfer():
     """The per-octave error of a map is 0 against itself and 1 for a map of zeros; the phase
     transfer vanishes near q = 0 and is substantial in the mid octaves at 1.6 mm."""
