@@ -124,7 +124,7 @@ def resolved_per_nm(ds) -> float:
     return series_resolution(ds["defocus_nominal_nm"].values, beam_divergence_mrad, float(ds.attrs["pixel_size_nm"]))
 
 
-def induction_accuracy(bx, by, true_bx, true_by, border_px: int = 32) -> float:
+def induction_accuracy(bx, by, true_bx, true_by, border_px: int = metrics.BORDER_PX) -> float:
     """acc of an induction map: the correlation of its two components, taken together, with the
     true ones over the interior (:func:`metrics.interior`)."""
     recovered = np.concatenate([metrics.interior(np.asarray(b), border_px).ravel() for b in (bx, by)])
