@@ -17,7 +17,10 @@ by the plain reference fit (phasepipe/plain.py) and by TIE. Printed, per family 
   where registration leaves alternatives), the plain fit, and the ratio of the fits' medians;
 * what the images carry: acc of the best linear estimate from the same series were its images
   linear in the phase, knowing the truth's spectrum, the defocus and the drift
-  (corpus.linear_estimate; neither a bound nor a target, a yardstick of the noise and transfer);
+  (corpus.linear_estimate; neither a bound nor a target, a yardstick of the noise and transfer),
+  and the calibration's std their linear part carries with the specimen's spectra unknown
+  (corpus.calibration_information: three images at -d, 0, +d carry it only through absorption,
+  Cs and non-linear contrast);
 * per octave of spatial frequency: the median phase error relative to the truth's content in
   that octave, for AD, plain, TIE and the linear estimate, beside the transfer there (the best
   image's |sin chi| E, 0 to 1).
@@ -85,6 +88,7 @@ def summary(rows: list[dict], label: str) -> dict:
         "acc_free": " / ".join(f"{np.median(v):.4f}" for v in free.values() if v),
         "cal_err_ad_median": float(np.median(err_ad)),
         "cal_err_ad_p90": float(np.percentile(err_ad, 90)),
+        "cal_std_linear_median": float(np.median([r["cal_std_linear"] for r in rows])),
         "coverage_2std": float(np.mean(ratio <= 2)),
         "err_over_std_median": float(np.median(ratio)),
         "registration_err_median_px": float(np.median([r["registration_err_px"] for r in rows])),
@@ -105,6 +109,11 @@ def summary(rows: list[dict], label: str) -> dict:
     return out
 
 
+def _percent(fraction: float) -> str:
+    """A relative std in percent; "none" beyond 100 % (three images at -d, 0, +d of a phase object)."""
+    return f"{100 * fraction:.2f} %" if fraction < 1 else "none"
+
+
 def print_summaries(rows: list[dict]) -> None:
     groups = {"all": rows}
     for family in dict.fromkeys(r["family"] for r in rows):
@@ -116,7 +125,7 @@ def print_summaries(rows: list[dict]) -> None:
     has_plain = "acc_plain" in rows[0]
     head = "| group | cases | acc AD (median, min) | acc plain | acc TIE | AD > TIE | plane-free acc AD / plain / TIE"
     head += " | acc linear (plane-free), AD above it"
-    head += " | cal error AD (median, p90)"
+    head += " | cal error AD (median, p90) | cal std the linear images carry"
     head += " | cal error plain p90 | |err| <= 2 std | median |err|/std"
     head += " | drift error (px): registered, final | fit / unc. / plain (s) |"
     print(head)
@@ -132,12 +141,14 @@ def print_summaries(rows: list[dict]) -> None:
             f"| {label} | {s['cases']} | {s['acc_ad_median']:.4f}, {s['acc_ad_min']:.4f} | {plain_acc} "
             f"| {s['acc_tie_median']:.4f} | {s['ad_above_tie']}/{s['cases']} | {s['acc_free']} "
             f"| {s['acc_linear_median']:.4f} ({s['acc_free_linear_median']:.4f}), {s['ad_above_linear']}/{s['cases']} "
-            f"| {100 * s['cal_err_ad_median']:.2f} %, {100 * s['cal_err_ad_p90']:.2f} % | {plain_err} "
+            f"| {100 * s['cal_err_ad_median']:.2f} %, {100 * s['cal_err_ad_p90']:.2f} % "
+            f"| {_percent(s['cal_std_linear_median'])} | {plain_err} "
             f"| {100 * s['coverage_2std']:.0f} % | {s['err_over_std_median']:.2f} "
             f"| {s['registration_err_median_px']:.2f}, {s['drift_err_median_px']:.2f} "
             f"| {times} |"
         )
-    print("\n(plain: median acc, and in brackets the engine's smallest margin over it; fit time median)")
+    print("\n(plain: median acc, and in brackets the engine's smallest margin over it; fit time median;")
+    print("the calibration's std carried by the images' linear part, the specimen's spectra unknown: median)")
 
 
 def print_bands(rows: list[dict]) -> None:
@@ -177,7 +188,8 @@ def main() -> None:
                 f"  {row['case']}: acc AD {row['acc_ad']:.4f}"
                 + (f", plain {row['acc_plain']:.4f}" if "acc_plain" in row else "")
                 + f", TIE {row['acc_tie']:.4f}; calibration {100 * row['cal_err_ad']:+.2f} % "
-                f"(std {100 * row['cal_std_ad']:.2f} %); drift {row['registration_err_px']:.2f} px registered, "
+                f"(std {100 * row['cal_std_ad']:.2f} %, linear images {_percent(row['cal_std_linear'])}); "
+                f"drift {row['registration_err_px']:.2f} px registered, "
                 f"{row['drift_err_px']:.2f} px final; fit {row['t_fit']:.0f} s",
                 flush=True,
             )

@@ -390,6 +390,65 @@ def linear_estimate(case: Case, noise_seed: int = 0) -> np.ndarray:
     return solution.reshape(n, n)[window]
 
 
+def calibration_information(
+    acquisition: simulate.Acquisition,
+    phase: np.ndarray,
+    amplitude: np.ndarray,
+    defocus_nm: np.ndarray | None = None,
+) -> float:
+    """What the images carry of the calibration: the relative std of the common defocus factor
+    that a series of the specimen (``phase``, ``amplitude``: the window, y x) could reach were
+    its images linear in it, with the specimen's spectra unknown.
+
+    The images' linear part is I_j = 1 - 2 F^-1[Im T_j F phi] - 2 F^-1[Re T_j F mu] (mu = -ln
+    amplitude, T_j the coherent transfer at ``defocus_nm``, default the true defocus). The bound
+    is Cramer-Rao's with phi and mu Gaussian fields whose powers at each frequency are nuisances
+    of their own (noise, drift and microscope known): at a frequency the N images' coefficients
+    have covariance P_phi t t^T + P_mu r r^T + sigma^2 I; a change of the factor that these
+    powers can absorb (each by a factor of its own) tells nothing, and the rest, the turn of the
+    plane of t and r, is what is carried. Three images at -d, 0, +d of a pure phase object keep
+    t's direction (-sin chi, 0, sin chi) but for Cs, so they carry the calibration only through
+    absorption contrast (its cos chi against the in-focus image) and non-linear contrast; five
+    images at two levels carry it through sin(2 chi) / sin(chi). A yardstick, not a bound: a
+    specimen of a few rad is far from linear, and its spectra are not a Gaussian field's.
+    Returns inf where nothing is carried.
+    """
+    from scipy import fft
+
+    a = acquisition
+    defocus = a.calibration * np.asarray(a.defocus_nominal_nm, float) if defocus_nm is None else defocus_nm
+    n_img, step = defocus.size, 1e-4
+
+    def transfers(factor: float) -> tuple[np.ndarray, np.ndarray]:  # (pixels, N) of phi and of mu
+        t = _transfer(a, defocus * factor, phase.shape).reshape(n_img, -1).T
+        return -2 * t.imag, -2 * t.real
+
+    (t, r), (t_up, r_up), (t_down, r_down) = transfers(1), transfers(1 + step), transfers(1 - step)
+    powers = [
+        np.abs(fft.fft2(m - m.mean(), norm="ortho")).ravel() ** 2 for m in (phase, -np.log(np.maximum(amplitude, 1e-6)))
+    ]
+
+    def outer(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return u[:, :, None] * v[:, None, :]
+
+    covariance = powers[0][:, None, None] * outer(t, t) + powers[1][:, None, None] * outer(r, r)
+    covariance += a.noise_fraction**2 * np.eye(n_img)
+    by_factor = (  # d C / d ln(factor), by central differences
+        powers[0][:, None, None] * (outer(t_up, t_up) - outer(t_down, t_down))
+        + powers[1][:, None, None] * (outer(r_up, r_up) - outer(r_down, r_down))
+    ) / (2 * step)
+    by_powers = [p[:, None, None] * outer(u, u) for p, u in zip(powers, (t, r), strict=True)]  # d C / d ln P
+    derivatives = [np.linalg.solve(covariance, d) for d in (by_factor, *by_powers)]
+    # Fisher matrix per frequency in ln(factor), ln P_phi, ln P_mu: tr(C^-1 dC C^-1 dC) per complex
+    # coefficient, halved since the fields are real (q and -q are one coefficient).
+    fisher = 0.5 * np.einsum("akij,bkji->kab", np.stack(derivatives), np.stack(derivatives))
+    nuisance = fisher[:, 1:, 1:]
+    coupling = fisher[:, 0, 1:]
+    left = fisher[:, 0, 0] - np.einsum("ka,kab,kb->k", coupling, np.linalg.pinv(nuisance, rcond=1e-10), coupling)
+    information = float(np.sum(left))
+    return 1 / np.sqrt(information) if information > 0 else float("inf")
+
+
 def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     """One case as a user's series goes through the workflow (align, then the engine), with TIE
     and, if ``plain_iterations``, the plain reference fit on the same aligned images.
@@ -399,7 +458,8 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
     error (fitted / true - 1), the align stage's and the engine's drift error (RMS over images, px,
     relative to the reference image), its stated std of
     the calibration, times, and the phase error per octave; the same figures of
-    :func:`linear_estimate` (``linear``: what the images carry), and the transfer per octave.
+    :func:`linear_estimate` (``linear``: what the images carry), the calibration's std their
+    linear part carries (:func:`calibration_information`), and the transfer per octave.
     """
     import time
 
@@ -452,6 +512,9 @@ def run_case(case: Case, settings=None, plain_iterations: int = 0) -> dict:
         acc_linear=metrics.phase_accuracy(linear, true_phase),
         acc_free_linear=metrics.plane_free_accuracy(linear, true_phase),
         band_linear=metrics.band_errors(linear, true_phase, PIXEL_NM, OCTAVES),
+        cal_std_linear=calibration_information(
+            acquisition, true_phase, truth["amplitude"].values, truth["defocus_nm"].values
+        ),
     )
     if plain_iterations:
         reference = plain.plain_fit(aligned, nominal, PIXEL_NM, microscope, plain_iterations)

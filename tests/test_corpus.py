@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -98,6 +100,34 @@ def test_the_linear_estimate_knows_what_the_images_transfer_and_the_noise_leaves
     assert errors[0.2][faint] > errors[0.01][faint] + 0.1
     assert acc[0.01] > acc[0.2] + 0.01
     assert 0.9 < errors[0.2][dark] < 1.05
+
+
+def test_calibration_information_of_a_phase_object_is_the_turn_of_its_transfer():
+    """For a pure phase object the Fisher information left for the factor, its power unknown at
+    every frequency, has a closed form: 2 lambda^2 / (1 + lambda) times the squared turn rate of
+    the transfer vector t over half the grid (lambda = P |t|^2 / sigma^2). Five images at two
+    levels carry the calibration, more noise carries less; three at -d, 0, +d carry it through
+    Cs alone (nothing without Cs), or through the specimen's absorption."""
+    rng = np.random.default_rng(3)
+    phase = simulate.smooth_noise(64, 1.5, rng)
+    clear = np.ones_like(phase)
+    five = dataclasses.replace(corpus.Case("weak", 0, 64, 5, 1.6, 0.05).acquisition(), calibration=1.0)
+    defocus = np.asarray(five.defocus_nominal_nm, float)
+    t = -2 * corpus._transfer(five, defocus, phase.shape).imag
+    dt = (-2 * corpus._transfer(five, defocus * 1.0001, phase.shape).imag - t) / 1e-4
+    norm2 = np.sum(t**2, axis=0)
+    turn2 = (np.sum(dt**2, axis=0) * norm2 - np.sum(t * dt, axis=0) ** 2) / np.maximum(norm2, 1e-30) ** 2
+    snr = np.abs(np.fft.fft2(phase - phase.mean(), norm="ortho")) ** 2 * norm2 / five.noise_fraction**2
+    closed_form = 1 / np.sqrt(np.sum(snr**2 / (1 + snr) * turn2))
+    std = corpus.calibration_information(five, phase, clear)
+    assert std == pytest.approx(closed_form, rel=1e-2)
+    assert std < 0.01
+    assert corpus.calibration_information(dataclasses.replace(five, noise_fraction=0.1), phase, clear) > 1.5 * std
+    three = dataclasses.replace(corpus.Case("weak", 0, 64, 3, 1.6, 0.05).acquisition(), calibration=1.0)
+    assert corpus.calibration_information(three, phase, clear) > 100 * std
+    assert corpus.calibration_information(dataclasses.replace(three, cs_mm=0.0), phase, clear) > 1e4  # rounding
+    absorbing = np.exp(-0.05 * simulate.smooth_noise(64, 1.5, rng))
+    assert corpus.calibration_information(dataclasses.replace(three, cs_mm=0.0), phase, absorbing) < 0.1
 
 
 @pytest.mark.integration
