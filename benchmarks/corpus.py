@@ -17,9 +17,9 @@ by the plain reference fit (phasepipe/plain.py) and by TIE. Printed, per family 
   where registration leaves alternatives), the plain fit, and the ratio of the fits' medians;
 * what the images carry: acc of the best linear estimate from the same series were its images
   linear in the phase, knowing the truth's spectrum, the defocus and the drift
-  (corpus.linear_estimate; neither a bound nor a target, a yardstick of the noise and transfer),
+  (yardstick.linear_estimate; neither a bound nor a target, a yardstick of the noise and transfer),
   and the calibration's std their linear part carries with the specimen's spectra unknown
-  (corpus.calibration_information: three images at -d, 0, +d carry it only through absorption,
+  (yardstick.calibration_information: three images at -d, 0, +d carry it only through absorption,
   Cs and non-linear contrast);
 * per octave of spatial frequency: the median phase error relative to the truth's content in
   that octave, for AD, plain, TIE and the linear estimate, beside the transfer there (the best
