@@ -8,6 +8,8 @@ the images' and where the fit's.
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft
+from scipy.sparse.linalg import LinearOperator, cg
 
 from phasepipe import physics, simulate
 
@@ -54,9 +56,6 @@ def linear_estimate(
     target: it shows, per band, how much of the phase the noise and the transfer leave (docs/physics.md,
     "Validation").
     """
-    from scipy import fft
-    from scipy.sparse.linalg import LinearOperator, cg
-
     a = acquisition
     n = phase.shape[0]
     margin = (n - window) // 2
@@ -114,8 +113,6 @@ def calibration_information(
     specimen of a few rad is far from linear, and its spectra are not a Gaussian field's.
     Returns inf where nothing is carried.
     """
-    from scipy import fft
-
     a = acquisition
     defocus = a.calibration * np.asarray(a.defocus_nominal_nm, float) if defocus_nm is None else defocus_nm
     n_img, step = defocus.size, 1e-4
