@@ -58,10 +58,10 @@ def screened_drift(
 ) -> np.ndarray:
     """The drift (N, 2) px beyond the aligned ``images``' that the forward model prefers: zeros
     where the registration stands, as it does unless an alternative's objective is lower by
-    ``MARGIN``. Each candidate is fitted on the series binned
-    ``SCREEN_FACTOR`` x (not binned where that would leave under ``COARSE_MIN_PX`` px a side), on
-    the canvas ``margin_px`` wider, from TIE, for ``SCREEN_ITERATIONS`` iterations with its drift
-    as the start of the refined shifts; all candidates see the same data, so their objectives
+    ``MARGIN``. Each candidate is fitted on the series binned ``SCREEN_FACTOR`` x (not binned
+    where that would leave under ``COARSE_MIN_PX`` px a side), on the canvas ``margin_px`` wider,
+    from TIE, for ``SCREEN_ITERATIONS`` iterations (no more than the fit's cap) with its drift as
+    the start of the refined shifts; all candidates see the same data, so their objectives
     compare."""
     candidates = distinct_drifts(align.leave_one_out_drifts(images, nominal), len(images))
     if len(candidates) == 1:
@@ -76,7 +76,7 @@ def screened_drift(
     screen = replace(
         settings,
         refine=tuple(dict.fromkeys((*settings.refine, "shifts"))),
-        max_iterations=SCREEN_ITERATIONS,
+        max_iterations=min(SCREEN_ITERATIONS, settings.max_iterations),
         coarse_factor=1,
         options=options,
         # The full resolution's weight, as the coarse fit uses (reconstruct.fit_canvas).

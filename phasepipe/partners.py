@@ -97,7 +97,14 @@ def separate_group(
         try:
             similarities = joint.register_members(fitted, starts)
             separated = joint.separate(
-                fitted, starts, similarities, pixel, settings, float(recs[members[0]].attrs["tv_weight"])
+                fitted,
+                starts,
+                similarities,
+                pixel,
+                settings,
+                float(recs[members[0]].attrs["tv_weight"]),
+                # a fixed number of iterations (reconstruction.iterations) caps the joint fit too
+                iterations=min(joint.ITERATIONS, settings.max_iterations),
             )
         except (joint.RegistrationError, optimise.FitDiverged) as exc:
             problem = f"{exc}; the series are reconstructed alone"

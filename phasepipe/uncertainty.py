@@ -116,7 +116,8 @@ def subfield_calibration_std(
     Each sub-field of ``images`` (N, h, w) is fitted on its own canvas (``margin_px`` wider, the
     misfit masked to the data), phase, amplitude and calibration together, starting from the
     whole fit's maps there (``canvas_*``: the whole canvas, ``margin_px`` wider than the images)
-    and ``scale``, for up to ``SUBFIELD_ITERATIONS``. With c_k those factors:
+    and ``scale``, for up to ``SUBFIELD_ITERATIONS`` (no more than the whole fit's cap). With c_k
+    those factors:
     std = sqrt(var(c_k) / K + (mean(c_k) - scale)^2) / scale.
     """
     n, h, w = images.shape
@@ -127,7 +128,7 @@ def subfield_calibration_std(
     sub_settings = replace(
         settings,
         refine=("defocus",),
-        max_iterations=SUBFIELD_ITERATIONS,
+        max_iterations=min(SUBFIELD_ITERATIONS, settings.max_iterations),
         options=options,
         continuation_step=0,
         log_every=10**9,

@@ -220,13 +220,13 @@ squeue --noheader --states=all --format '%i|%T|%k' > "$RUN/squeue.txt"
 # --- Dask on SLURM: one demo series' aligned store reconstructed in tiles of 64 px (16 tiles and
 # the binned field), once on a LocalCluster and once with dask.scheduler slurm, from this host as
 # from a login node. Two worker jobs of one core fill the node; their workers retire after
-# 15 +- 3 s (walltime 1 min), within the run, so that fresh jobs must take over: 1000 iterations
-# per tile keep the run longer than that on a quiet machine (once the kernels were numba's,
-# loaded from their cache instead of compiled in every worker, 120 took 16 s and 400 23-41 s,
-# once too short for a renewal).
+# 15 +- 3 s (walltime 1 min), within the run, so that fresh jobs must take over: 500 iterations
+# per tile keep the run longer than that (with the kernels numba's, loaded from their cache
+# instead of compiled in every worker, 120 took 16 s, once too short for a renewal; 400 23-41 s;
+# 1000 100 s locally and 215 s through SLURM).
 DASK_SERIES=s02_skyrmions
 ALIGNED=$RUN/local/results/work/aligned/$DASK_SERIES.zarr
-SETTINGS='{"refine": ["defocus"], "iterations": 1000, "tile_px": 64, "halo_px": "auto", "tv_weight": "auto", "device": "cpu"}'
+SETTINGS='{"refine": ["defocus"], "iterations": 500, "tile_px": 64, "halo_px": "auto", "tv_weight": "auto", "device": "cpu"}'
 mkdir -p "$RUN/dask"
 for scheduler in local slurm; do
     case $scheduler in
