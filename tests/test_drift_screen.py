@@ -37,6 +37,25 @@ def test_nothing_is_fitted_where_the_alternatives_agree(monkeypatch):
     np.testing.assert_array_equal(drift, np.zeros((5, 2)))
 
 
+def test_a_fixed_number_of_iterations_caps_the_screening_fits(monkeypatch):
+    """With ``reconstruction.iterations: 60`` every screening fit runs 60 iterations, not 400."""
+    images, truth = corpus.simulate_case(corpus.Case("elements", 1, 256, 3, 1.6, 0.05))
+    nominal = truth["defocus_nominal_nm"].values
+    aligned = align.apply_registration(images, align.series_registration(images, nominal))
+    assert len(drift_screen.distinct_drifts(align.leave_one_out_drifts(aligned, nominal), 3)) > 1
+    lengths = []
+    real = reconstruct.fit_canvas
+
+    def recorded(*args, **kwargs):
+        lengths.append(args[6].max_iterations)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconstruct, "fit_canvas", recorded)
+    settings = optimise.Settings(max_iterations=60, converge=False)
+    drift_screen.screened_drift(aligned, nominal, corpus.PIXEL_NM, parameters.Microscope(), settings, 16)
+    assert lengths and set(lengths) == {60}
+
+
 @pytest.mark.integration
 def test_a_misregistered_series_of_magnetic_elements_is_recovered():
     """Held-out elements (three images at +-1.6 mm, 5 % noise): the in-focus image's pairs put the

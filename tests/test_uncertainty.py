@@ -29,6 +29,23 @@ def test_a_field_too_small_for_sub_fields_has_no_sub_field_estimate():
     assert np.isnan(std) and factors.size == 0
 
 
+@pytest.mark.parametrize(("cap", "expected"), [(60, 60), (4000, uncertainty.SUBFIELD_ITERATIONS)])
+def test_a_fixed_number_of_iterations_caps_the_sub_fields_fits(monkeypatch, cap, expected):
+    """``reconstruction.iterations: 60`` (a quick look) gives every sub-field's refit 60 iterations,
+    not its own 400; a larger cap leaves the 400."""
+    lengths = []
+    monkeypatch.setattr(
+        uncertainty, "fit", lambda model, params, data, settings, tv: lengths.append(settings.max_iterations)
+    )
+    images = np.ones((3, 96, 96))
+    canvas = np.zeros((96 + 32, 96 + 32))
+    settings = optimise.Settings(max_iterations=cap, converge=False)
+    uncertainty.subfield_calibration_std(
+        images, canvas, canvas, 16, np.array([-1.6e6, 0, 1.6e6]), 1.0, 5.0, parameters.Microscope(), settings, 1e-2
+    )
+    assert lengths == [expected] * 4
+
+
 @pytest.mark.integration
 def test_the_sub_fields_widen_the_std_of_a_calibration_the_images_barely_pin():
     """A weak smooth phase from three images: the linear images see c phi, not c and phi apart,
