@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	snakemake --cores all --workflow-profile workflow/profiles/default
 
+# The tests spread over the cores (pytest-xdist; whole-workflow tests dominate, so at most 4);
+# a plain `pytest` runs them one after another.
 test: setup
-	pytest
+	pytest -n auto --maxprocesses 4 --dist worksteal
 
 # The demo through a real single-node SLURM on this machine, against a local run (needs root:
 # installs slurm-wlm and munge where missing; skips with a message otherwise).

@@ -221,9 +221,8 @@ squeue --noheader --states=all --format '%i|%T|%k' > "$RUN/squeue.txt"
 # the binned field), once on a LocalCluster and once with dask.scheduler slurm, from this host as
 # from a login node. Two worker jobs of one core fill the node; their workers retire after
 # 15 +- 3 s (walltime 1 min), within the run, so that fresh jobs must take over: 500 iterations
-# per tile keep the run longer than that (with the kernels numba's, loaded from their cache
-# instead of compiled in every worker, 120 took 16 s, once too short for a renewal; 400 23-41 s;
-# 1000 100 s locally and 215 s through SLURM).
+# per tile keep the run longer than that (120 were once too short for a renewal; the measured
+# times are in docs/performance.md).
 DASK_SERIES=s02_skyrmions
 ALIGNED=$RUN/local/results/work/aligned/$DASK_SERIES.zarr
 SETTINGS='{"refine": ["defocus"], "iterations": 500, "tile_px": 64, "halo_px": "auto", "tv_weight": "auto", "device": "cpu"}'
