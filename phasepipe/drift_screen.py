@@ -76,7 +76,7 @@ def screened_drift(
     screen = replace(
         settings,
         refine=tuple(dict.fromkeys((*settings.refine, "shifts"))),
-        max_iterations=min(SCREEN_ITERATIONS, settings.max_iterations),
+        max_iterations=settings.capped(SCREEN_ITERATIONS),
         coarse_factor=1,
         options=options,
         # The full resolution's weight, as the coarse fit uses (reconstruct.fit_canvas).

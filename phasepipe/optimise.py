@@ -54,6 +54,12 @@ class Settings:
     drift_screen: bool = True  # registration's alternative drifts put to the forward model (drift_screen.py)
     separation: str = "none"  # "absorption": phi_m and phi_e of a single series (separation.py)
 
+    def capped(self, iterations: int) -> int:
+        """The length of a fit around the series' own (drift screen, sub-fields, joint fit) whose
+        own length is ``iterations``: no more than ``max_iterations``, so that a fixed
+        ``reconstruction.iterations`` (a quick look) bounds every fit of the series."""
+        return min(iterations, self.max_iterations)
+
 
 def unwrapped(phase: np.ndarray) -> np.ndarray:
     """``phase`` with every region moved by the multiple of 2 pi that makes no step between

@@ -103,8 +103,7 @@ def separate_group(
                 pixel,
                 settings,
                 float(recs[members[0]].attrs["tv_weight"]),
-                # a fixed number of iterations (reconstruction.iterations) caps the joint fit too
-                iterations=min(joint.ITERATIONS, settings.max_iterations),
+                iterations=settings.capped(joint.ITERATIONS),
             )
         except (joint.RegistrationError, optimise.FitDiverged) as exc:
             problem = f"{exc}; the series are reconstructed alone"

@@ -128,7 +128,7 @@ def subfield_calibration_std(
     sub_settings = replace(
         settings,
         refine=("defocus",),
-        max_iterations=min(SUBFIELD_ITERATIONS, settings.max_iterations),
+        max_iterations=settings.capped(SUBFIELD_ITERATIONS),
         options=options,
         continuation_step=0,
         log_every=10**9,
