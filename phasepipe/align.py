@@ -202,6 +202,23 @@ def shift_image(image: np.ndarray, shift_px) -> np.ndarray:
     return fft.irfft2(spectrum, s=image.shape, workers=-1).astype(image.dtype, copy=False)
 
 
+def shift_window(image: np.ndarray, shift_px) -> np.ndarray:
+    """The window ``image`` of a larger field moved by ``-shift_px``: :func:`shift_image` of its
+    mirror-symmetric extension (twice as wide and high), cropped.
+
+    A plain Fourier shift treats the window as periodic: the strip the move uncovers holds the
+    window's far edge wrapped around, and the seam rings tens of pixels in. Neither is in any
+    forward model, and the fit takes them as data: they pulled the calibration low
+    (docs/physics.md, "Alignment"). Mirrored, the strip holds the window's own edge and the
+    extension has no jump to ring about; away from the edges the move is as exact as
+    :func:`shift_image`.
+    """
+    height, width = image.shape
+    extended = np.concatenate([image, image[::-1]], axis=0)
+    extended = np.concatenate([extended, extended[:, ::-1]], axis=1)
+    return shift_image(extended, shift_px)[:height, :width]
+
+
 def similarity_matrix(rotation_deg: float, scale: float) -> np.ndarray:
     """``scale * R(rotation)`` acting on (y, x) vectors."""
     c, s = np.cos(np.deg2rad(rotation_deg)), np.sin(np.deg2rad(rotation_deg))
@@ -220,10 +237,10 @@ def similarity_image(image: np.ndarray, shift_px, rotation_deg: float, scale: fl
 
 def to_reference(image: np.ndarray, shift_px, rotation_deg: float = 0.0, scale: float = 1.0) -> np.ndarray:
     """The image resampled onto the reference frame, undoing :func:`similarity_image`:
-    out(p) = image(c + scale R(rotation) (p - c) + shift). A pure shift is a Fourier shift; a
-    similarity uses cubic splines with mirrored edges."""
+    out(p) = image(c + scale R(rotation) (p - c) + shift). A pure shift is a Fourier shift of the
+    mirrored window (:func:`shift_window`); a similarity uses cubic splines with mirrored edges."""
     if rotation_deg == 0 and scale == 1:
-        return shift_image(image, shift_px)
+        return shift_window(image, shift_px)
     matrix = similarity_matrix(rotation_deg, scale)
     centre = (np.array(image.shape) - 1) / 2
     offset = centre + np.asarray(shift_px, float) - matrix @ centre

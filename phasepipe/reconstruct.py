@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 
 from phasepipe import gauge, physics
-from phasepipe.align import shift_image
+from phasepipe.align import shift_window
 from phasepipe.model import ForwardModel
 from phasepipe.optimise import FitDiverged, FitResult, Settings, defocus_levels, fit
 from phasepipe.parameters import Microscope, Parameters, output_values, outputs
@@ -231,7 +231,7 @@ def reconstruct(
     if settings.drift_screen:
         screened = drift_screen.screened_drift(images, nominal, pixel_size_nm, microscope, settings, margin_px)
         if np.any(screened):
-            images = np.stack([shift_image(image, drift) for image, drift in zip(images, screened, strict=True)])
+            images = np.stack([shift_window(image, drift) for image, drift in zip(images, screened, strict=True)])
     fitted, tie = _fit_window(images, nominal, pixel_size_nm, microscope, settings, margin_px, progress)
     params, result = fitted.params, fitted.result
     std = uncertainty.curvature_std(fitted.model, params, fitted.data, settings)

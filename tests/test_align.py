@@ -155,6 +155,26 @@ def test_series_drift_of_a_simulated_film_through_focus():
     assert rms_error(plain, truth) > 1.0
 
 
+def test_a_window_moved_mirrored_holds_its_own_edge_and_rings_less_than_wrapped():
+    """A window of a larger field moved by a fractional shift: mirrored, it is within half the
+    wrapped move's error of the field moved, 4 and 8 px from the edges (the wrapped seam rings);
+    moved by whole pixels, the strip it uncovers holds its own edge mirrored."""
+    from scipy import ndimage
+
+    field = 1 + ndimage.gaussian_filter(np.random.default_rng(7).standard_normal((160, 160)), 2)
+    window = field[32:128, 32:128]
+    truth = align.shift_image(field, (2.5, -1.5))[32:128, 32:128]
+    mirrored = align.shift_window(window, (2.5, -1.5))
+    wrapped = align.shift_image(window, (2.5, -1.5))
+    for border in (4, 8):
+        inner = np.s_[border:-border, border:-border]
+        rms = [np.sqrt(np.mean((moved - truth)[inner] ** 2)) for moved in (mirrored, wrapped)]
+        assert rms[0] < 0.5 * rms[1]
+    whole = align.shift_window(window, (2, 0))
+    np.testing.assert_allclose(whole[:-2], window[2:], atol=1e-12)
+    np.testing.assert_allclose(whole[-2:], window[[-1, -2]], atol=1e-12)
+
+
 def test_periodic_texture_mismatch_is_left_out():
     """A skyrmion lattice filling a periodic field matches itself a lattice period away; the pair
     that does so disagrees with the others and is dropped, leaving the series within 0.5 px.
