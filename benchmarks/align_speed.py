@@ -32,7 +32,7 @@ import time
 import numpy as np
 from scipy import fft
 
-from phasepipe import align, simulate
+from phasepipe import align, registration, simulate
 
 
 def make_pair(size: int, shift_px: tuple[float, float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +40,7 @@ def make_pair(size: int, shift_px: tuple[float, float], seed: int = 0) -> tuple[
     rng = np.random.default_rng(seed)
     texture = simulate.smooth_noise(size, 3.0, rng).astype(np.float32)
     reference = 1 + 0.1 * texture
-    moving = align.shift_image(1 - 0.1 * texture, -np.asarray(shift_px))
+    moving = registration.shift_image(1 - 0.1 * texture, -np.asarray(shift_px))
     noise = 0.05 * rng.standard_normal((2, size, size)).astype(np.float32)
     return reference * (1 + noise[0]), moving * (1 + noise[1])
 

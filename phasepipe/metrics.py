@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from phasepipe.align import correlation_shift, shift_image
 from phasepipe.gauge import best_plane
+from phasepipe.registration import correlation_shift, shift_image
 
 BORDER_PX = 32
 

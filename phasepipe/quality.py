@@ -14,6 +14,10 @@ PAIR_SHIFT_MARGIN_PX = 0.5  # a pair registered within this of align.max_shift_p
 RESIDUAL_PX = 0.5  # RMS disagreement of the pairwise registrations that makes the drift doubtful
 MISFIT_OVER_NOISE = 4.0  # misfit / noise^2: the model leaves twice the noise's amplitude unexplained
 AD_TIE_MIN_ACC = 0.5  # acc of the AD phase against TIE's below which one of them has failed
+# A fitted calibration further than this (relative) from the nominal defocus: lenses are off by a
+# few percent, and a fit that moves much further has more likely traded the defocus against the
+# phase's scale (a weak phase near focus, where the regularisation decides it, docs/physics.md).
+CALIBRATION_MOVE = 0.1
 
 
 def alignment_reasons(attrs: dict, confidence: np.ndarray) -> list[str]:
@@ -59,17 +63,28 @@ def fit_reasons(attrs: dict, acc_ad_vs_tie: float) -> list[str]:
     return reasons
 
 
-def calibration_reasons(nominal_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
-    """A calibration whose uncertainty could not be estimated (a field too small for sub-fields,
-    a loss curvature that is not finite, or a bootstrap replicate whose fit diverged)."""
+def calibration_reasons(nominal_nm: np.ndarray, defocus_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
+    """A calibration far from the nominal defocus (``CALIBRATION_MOVE``), or one whose uncertainty
+    could not be estimated (a field too small for sub-fields, a loss curvature that is not finite,
+    or a bootstrap replicate whose fit diverged)."""
     defocused = np.abs(nominal_nm) > 0
-    if defocused.any() and not np.all(np.isfinite(std_nm[defocused])):
-        return [
+    if not defocused.any():
+        return []
+    reasons = []
+    factor = float(np.median(defocus_nm[defocused] / nominal_nm[defocused]))
+    if abs(factor - 1) > CALIBRATION_MOVE:
+        reasons.append(
+            f"calibration: the fit put the defocus at {factor:.3f} times its nominal value; a lens is off by a "
+            "few percent, so check the nominal defocus, pixel size and voltage: on a weak phase near focus "
+            "the fit trades the defocus against the phase's scale, and its std does not show it"
+        )
+    if not np.all(np.isfinite(std_nm[defocused])):
+        reasons.append(
             "calibration: its uncertainty could not be estimated (a field under 96 px, a loss curvature "
             "that is not finite, or a series drawn from the fit that diverged: the log says which); "
             "defocus_std_nm is NaN"
-        ]
-    return []
+        )
+    return reasons
 
 
 def verdict(status: str, reasons: list[str]) -> str:
