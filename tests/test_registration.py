@@ -1,5 +1,5 @@
-"""Pairwise registration: a periodic specimen's under- and overfocus images registered to their
-true drift, not half a lattice vector away."""
+"""Pairwise registration (phasepipe/registration.py): a periodic specimen's under- and overfocus
+images registered to their true drift, not half a lattice vector away; the bounded search."""
 
 import numpy as np
 import pytest
@@ -62,7 +62,7 @@ def test_an_island_lattice_series_is_aligned_consistently():
     the four defocused images' registered drifts within 0.5 px of the truth (up to a common
     offset, a shift of the object). The highest squared peak alone put the overfocus pair 22 px
     off, half a lattice vector, and the fit that followed reached acc 0.42. (The in-focus image,
-    with little contrast, is placed to 2.5 px; the fit refines it.)"""
+    with little contrast, is placed 2.5 px off by its barely coherent pairs.)"""
     case = corpus.Case("islands", 0, 256, 5, 0.8, 0.05, particles=False)
     images, truth = corpus.simulate_case(case)
     nominal = truth["defocus_nominal_nm"].values
