@@ -169,15 +169,13 @@ def series_row(ds, warning: str = "") -> dict:
     acc_ad_vs_tie = metrics.phase_accuracy(ds["phase"].values, ds["tie_phase"].values)
     reasons = quality.alignment_reasons(ds.attrs, ds["registration_confidence"].values)
     reasons += quality.fit_reasons(ds.attrs, acc_ad_vs_tie)
-    reasons += quality.calibration_reasons(
-        ds["defocus_nominal_nm"].values, ds["defocus_nm"].values, ds["defocus_std_nm"].values
-    )
-    reasons += [text for text in (warning, ds.attrs.get("separation_warning", "")) if text]
     nominal = ds["defocus_nominal_nm"].values
     recovered = ds["defocus_nm"].values
     defocused = np.abs(nominal) > 0
     stated = ds["defocus_std_nm"].values[defocused]
     fit = calibration_fit(nominal[defocused], recovered[defocused], stated) if defocused.sum() >= 2 else {}
+    reasons += quality.calibration_reasons(fit.get("scale"), nominal, ds["defocus_std_nm"].values)
+    reasons += [text for text in (warning, ds.attrs.get("separation_warning", "")) if text]
     drift = np.hypot(ds["shift_y_px"].values, ds["shift_x_px"].values)
     row.update(
         {

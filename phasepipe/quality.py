@@ -63,18 +63,18 @@ def fit_reasons(attrs: dict, acc_ad_vs_tie: float) -> list[str]:
     return reasons
 
 
-def calibration_reasons(nominal_nm: np.ndarray, defocus_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
-    """A calibration far from the nominal defocus (``CALIBRATION_MOVE``), or one whose uncertainty
-    could not be estimated (a field too small for sub-fields, a loss curvature that is not finite,
-    or a bootstrap replicate whose fit diverged)."""
+def calibration_reasons(scale: float | None, nominal_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
+    """A calibration ``scale`` (the summary's ``defocus_scale``; None where it is not fitted) far
+    from 1 (``CALIBRATION_MOVE``), or one whose uncertainty could not be estimated (a field too
+    small for sub-fields, a loss curvature that is not finite, or a bootstrap replicate whose fit
+    diverged)."""
     defocused = np.abs(nominal_nm) > 0
     if not defocused.any():
         return []
     reasons = []
-    factor = float(np.median(defocus_nm[defocused] / nominal_nm[defocused]))
-    if abs(factor - 1) > CALIBRATION_MOVE:
+    if scale is not None and abs(scale - 1) > CALIBRATION_MOVE:
         reasons.append(
-            f"calibration: the fit put the defocus at {factor:.3f} times its nominal value; a lens is off by a "
+            f"calibration: the fit put the defocus at {scale:.3f} times its nominal value; a lens is off by a "
             "few percent, so check the nominal defocus, pixel size and voltage: on a weak phase near focus "
             "the fit trades the defocus against the phase's scale, and its std does not show it"
         )

@@ -82,31 +82,36 @@ def _parabola_vertex(below: float, at: float, above: float) -> float:
     return float(np.clip(0.5 * (below - above) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
 
 
-@functools.lru_cache(maxsize=8)
-def _rings(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _hermitian_weight(width: int) -> np.ndarray:
+    """Per column of a half spectrum (rfft2) of images ``width`` wide: how often it counts in a sum
+    over the full spectrum (twice, but the zero and an even width's Nyquist column once)."""
+    weight = np.full(width // 2 + 1, 2.0, np.float32)
+    weight[0] = 1.0
+    if width % 2 == 0:
+        weight[-1] = 1.0
+    return weight
+
+
+@functools.lru_cache(maxsize=4)
+def _rings(shape: tuple[int, int]) -> np.ndarray:
     """For a half spectrum (rfft2) of ``shape``: every frequency's ring of ``|q|`` (one per
-    frequency step of the shorter side) and its weight in a sum over the full spectrum (Hermitian
-    twins counted)."""
+    frequency step of the shorter side), flattened."""
     height, width = shape
     radius = np.hypot(fft.fftfreq(height)[:, None], fft.rfftfreq(width)[None, :]) * min(shape)
-    weight = np.full(radius.shape, 2.0, np.float32)
-    weight[:, 0] = 1.0
-    if width % 2 == 0:
-        weight[:, -1] = 1.0
-    return np.rint(radius).astype(np.intp).ravel(), weight
+    return np.rint(radius).astype(np.intp).ravel()
 
 
 def ring_coherence(cross: np.ndarray, shape: tuple[int, int], shift_px: np.ndarray) -> float:
     """How much of the cross-power ``cross`` (half spectrum of images of ``shape``) the drift
     ``shift_px`` explains with one contrast sign per ring of ``|q|``: the sum over rings of
     ``|sum Re(C exp(2 pi i q d))|`` over the sum of ``|C|`` (1: every ring coherent; 0: none)."""
-    ring, weight = _rings(shape)
+    weight = _hermitian_weight(shape[1])
     dy, dx = np.asarray(shift_px, float)
     ramp_y = np.exp(2j * np.pi * dy * fft.fftfreq(shape[0])).astype(cross.dtype)
-    ramp_x = np.exp(2j * np.pi * dx * fft.rfftfreq(shape[1])).astype(cross.dtype)
-    aligned = (cross * ramp_y[:, None] * ramp_x[None, :]).real * weight
-    total = float(np.sum(np.abs(cross) * weight))
-    return float(np.abs(np.bincount(ring, aligned.ravel())).sum() / total) if total > 0 else 0.0
+    ramp_x = np.exp(2j * np.pi * dx * fft.rfftfreq(shape[1])).astype(cross.dtype) * weight
+    aligned = (cross * ramp_y[:, None] * ramp_x[None, :]).real
+    total = float(np.abs(cross).sum(axis=0) @ weight)
+    return float(np.abs(np.bincount(_rings(shape), aligned.ravel())).sum() / total) if total > 0 else 0.0
 
 
 def _candidate_peaks(box: np.ndarray) -> list[tuple[int, int]]:
@@ -161,7 +166,7 @@ def register_spectra(
     fx = _parabola_vertex(surface[y, x - 1], surface[y, x], surface[y, (x + 1) % shape[1]])
     position = np.array([offsets[iy] + fy, offsets[ix] + fx])
     # Weight of every frequency once (Hermitian twins counted), as the inverse DFT counts it.
-    total = 2 * magnitude.sum() - magnitude[:, 0].sum() - (magnitude[:, -1].sum() if shape[1] % 2 == 0 else 0)
+    total = float(magnitude.sum(axis=0) @ _hermitian_weight(shape[1]))
     confidence = float(box[iy, ix] * shape[0] * shape[1] / total) if total > 0 else 0.0
     return Registration(shift_px=position / factor, confidence=confidence)
 
