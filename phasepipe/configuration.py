@@ -122,7 +122,9 @@ def _allowed(schema: dict) -> str:
     options = schema.get("oneOf") or schema.get("anyOf") or []
     words = []
     for option in options:
-        if "const" in option or "enum" in option:
+        if "description" in option:
+            words.append(option["description"])
+        elif "const" in option or "enum" in option:
             words.append(_allowed(option))
         elif "type" in option:
             kind = option["type"] if isinstance(option["type"], str) else " or ".join(option["type"])

@@ -379,11 +379,15 @@ def settings_from_config(section: dict) -> Settings:
     elif device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("reconstruction.device is 'cuda' but PyTorch sees no CUDA device")
     iterations, tv = section["iterations"], section["tv_weight"]
+    # "auto" and "<k> noise" choose the weight per series from its measured noise (the latter k times
+    # it, for a specimen whose prior strength is known: docs/physics.md, "Validation").
+    per_noise = isinstance(tv, str)
     return Settings(
         refine=tuple(section["refine"]),
         max_iterations=Settings.max_iterations if iterations == "auto" else iterations,
         converge=iterations == "auto",
-        tv_weight=None if tv == "auto" else float(tv),
+        tv_weight=None if per_noise else float(tv),
+        tv_rule=(float(tv.split()[0]), Settings.tv_rule[1]) if per_noise and tv != "auto" else Settings.tv_rule,
         device=device,
         separation=section["separation"],
         bootstrap_replicates=section["bootstrap"],

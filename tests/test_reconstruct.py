@@ -223,6 +223,25 @@ def test_auto_tv_weight_follows_the_noise_above_a_floor():
 
 
 @pytest.mark.parametrize(
+    ("given", "weight_at_5_percent"),
+    [("auto", 0.0075), ("0.4 noise", 0.02), ("1 noise", 0.05), (0.003, 0.003)],
+)
+def test_tv_weight_from_the_config(given, weight_at_5_percent):
+    """`tv_weight` is `auto` (0.15 times each series' noise), a multiple of that noise (a prior
+    of known strength: 0.4 suits piecewise-flat specimens, docs/physics.md), or a fixed weight."""
+    settings = reconstruct.settings_from_config({"tv_weight": given})
+    assert reconstruct.chosen_tv_weight(0.05, settings) == pytest.approx(weight_at_5_percent)
+
+
+@pytest.mark.parametrize("given", ["0.4 nois", "noise", "-0.4 noise", -1])
+def test_a_tv_weight_of_no_known_form_is_refused_naming_the_forms(given):
+    with pytest.raises(
+        ValueError, match="'reconstruction.tv_weight' is .*; allowed: 'auto' or a number >= 0 or a multiple"
+    ):
+        reconstruct.settings_from_config({"tv_weight": given})
+
+
+@pytest.mark.parametrize(
     ("defocus_nm", "refine", "expected"),
     [
         ((-1.6e6, 0.0, 1.6e6), ("defocus",), 1.6e6),
