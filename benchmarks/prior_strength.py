@@ -33,9 +33,9 @@ from phasepipe import align, corpus, metrics, optimise, parameters, reconstruct 
 DEFAULT_SCALE = optimise.Settings().tv_rule[0]
 
 
-def _run(job: tuple[corpus.Case, float]) -> tuple[corpus.Case, float, float, float]:
-    """(case, scale, acc, plane-free acc) of the engine at TV scale ``scale``, the series aligned
-    as the workflow does."""
+def _run(job: tuple[corpus.Case, float]) -> tuple[corpus.Case, float, float, float, float]:
+    """(case, scale, acc, plane-free acc, final misfit / noise^2) of the engine at TV scale
+    ``scale``, the series aligned as the workflow does."""
     import torch
 
     torch.set_num_threads(1)
@@ -56,6 +56,7 @@ def _run(job: tuple[corpus.Case, float]) -> tuple[corpus.Case, float, float, flo
         scale,
         metrics.phase_accuracy(result.phase, true_phase),
         metrics.plane_free_accuracy(result.phase, true_phase),
+        result.loss / result.noise**2,
     )
 
 
@@ -80,8 +81,11 @@ def main() -> None:
     acc: dict[tuple[str, float], list[float]] = {}
     free: dict[tuple[str, float], list[float]] = {}
     with ProcessPoolExecutor(args.workers) as pool:
-        for case, scale, a, f in pool.map(_run, [(case, scale) for case in cases for scale in args.scales]):
-            print(f"  {case.name} scale {scale:.2f}: acc {a:.4f}, plane-free {f:.4f}", flush=True)
+        for case, scale, a, f, misfit in pool.map(_run, [(case, scale) for case in cases for scale in args.scales]):
+            print(
+                f"  {case.name} scale {scale:.2f}: acc {a:.4f}, plane-free {f:.4f}, misfit {misfit:.3f} noise^2",
+                flush=True,
+            )
             acc.setdefault((case.family, scale), []).append(a)
             free.setdefault((case.family, scale), []).append(f)
     print(f"\n{len(cases) * len(args.scales)} fits in {time.perf_counter() - start:.0f} s\n")
