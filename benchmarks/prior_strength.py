@@ -10,7 +10,7 @@ bootstrap) is off; the drift screen is on, as by default. Nothing here chooses a
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/prior_strength.py                 # 10 % noise, +-0.8 mm (about 15 min)
+    .venv/bin/python benchmarks/prior_strength.py                 # 10 % noise, +-0.8 mm (about 20 min)
     .venv/bin/python benchmarks/prior_strength.py --families litho --images 3 5 --seeds 0 1
 """
 
