@@ -61,8 +61,6 @@ CANDIDATES = {
     # maps and drift only, without the uncertainty.
     "drift-screen": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0),
     "no-drift-screen": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, drift_screen=False),
-    # The start: TIE as it comes, or scaled by the factor whose images fit best (reconstruct.py).
-    "tie-start": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, scaled_start=False),
     "no-bootstrap": replace(BASE, bootstrap_replicates=0),
     "no-subfields": replace(BASE, subfield_uncertainty=False),
     "defaults": BASE,

@@ -82,10 +82,6 @@ def screened_drift(
         # The full resolution's weight, as the coarse fit uses (reconstruct.fit_canvas).
         tv_weight=reconstruct.chosen_tv_weight(reconstruct.noise_level(images), settings),
         log_every=10**9,
-        # From TIE as it comes: from the scaled start a misregistered candidate's short fit bends
-        # the phase to its images as closely as the right one's (a held-out element series:
-        # objective 0.00198 against 0.00200), and the screen no longer tells them apart.
-        scaled_start=False,
     )
     objectives = []
     for drift in candidates:

@@ -53,7 +53,6 @@ class Settings:
     bootstrap_replicates: int = 1  # series drawn from the fit to correct the calibration's bias (0: none)
     drift_screen: bool = True  # registration's alternative drifts put to the forward model (drift_screen.py)
     separation: str = "none"  # "absorption": phi_m and phi_e of a single series (separation.py)
-    scaled_start: bool = True  # the fit starts from TIE times the factor that fits best (reconstruct.start_scale)
 
     def capped(self, iterations: int) -> int:
         """The length of a fit around the series' own (drift screen, sub-fields, joint fit) whose

@@ -29,8 +29,6 @@ from phasepipe.tie import tie_phase
 log = logging.getLogger(__name__)
 
 COARSE_MIN_PX = 64  # a coarse fit only where the binned canvas keeps at least this many px a side
-# Factors of the TIE phase tried as the fit's start (start_scale), 0.5 to 8 in steps of sqrt(2).
-START_SCALES = 2.0 ** np.arange(-1.0, 3.5, 0.5)
 # The auto TV weight of images with less than 3.2 % noise: phase that no image sees (beyond the
 # beam divergence's envelope, without contrast in focus) needs some regularisation even in clean
 # data, or the defocus drifts with it (docs/physics.md, `tv_weight: auto`).
@@ -132,7 +130,6 @@ def fit_canvas(
     tv_weight = chosen_tv_weight(noise, settings)
     factor = settings.coarse_factor
     coarse_seconds = 0.0
-    fresh = False
     if factor > 1 and min(images.shape[1:]) // factor >= COARSE_MIN_PX:
         coarse_images = binned(images, factor)
         coarse = fit_canvas(
@@ -158,42 +155,17 @@ def fit_canvas(
     else:
         amplitude = np.sqrt(np.clip(data_np[reference], 1e-3, None))
         params = Parameters(start_phase, amplitude, nominal, microscope, reference).to(settings.device)
-        fresh = settings.scaled_start
     if shifts_px is not None:
         with torch.no_grad():
             params.shifts.copy_(torch.as_tensor(shifts_px, dtype=params.shifts.dtype))
     model = ForwardModel(images.shape[1:], pixel_size_nm, microscope, settings.device, measured)
     data = torch.as_tensor(data_np, dtype=torch.float32, device=settings.device)
-    if fresh:
-        scale = start_scale(model, params, data, "shifts" in settings.refine)
-        if scale != 1:
-            log.info("the fit starts from the TIE phase times %.2f, whose images fit the series best", scale)
     log.info(
         "%d x %d px: noise %.4f, tv_weight %.3e, refine %s", *images.shape[1:], noise, tv_weight, list(settings.refine)
     )
     result = fit(model, params, data, settings, tv_weight, progress)
     result.seconds += coarse_seconds
     return CanvasFit(model, params, data, result, noise, tv_weight)
-
-
-def start_scale(model: ForwardModel, params: Parameters, data: torch.Tensor, with_shifts: bool) -> float:
-    """Scale ``params``' phase in place by the factor of ``START_SCALES`` whose images (every image,
-    at the start's defocus, and its drift ``with_shifts``) fit ``data`` best, and return it.
-
-    TIE's finite difference of intensities falls short of a strong phase, whose defocused images
-    saturate in caustics (a quarter of the strong-phase family's range at +-1.6 mm), and a fit
-    started that short ends in 2 pi terraces (docs/physics.md, "Validation"); where TIE is right,
-    the factor is 1."""
-    with torch.no_grad():
-        start = params.phase.clone()
-        every = torch.ones(len(data), dtype=data.dtype, device=data.device)
-        misfits = []
-        for scale in START_SCALES:
-            params.phase.copy_(start * scale)
-            misfits.append(float(model.objective(params, data, every, with_shifts, 0.0)[1]))
-        best = float(START_SCALES[int(np.argmin(misfits))])
-        params.phase.copy_(start * best)
-    return best
 
 
 def padded(images: np.ndarray, margin_px: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -319,25 +319,6 @@ def test_a_phase_that_is_not_finite_is_left_to_the_fit_to_report():
     assert torch.isnan(phase[3, 4]) and torch.count_nonzero(phase.nan_to_num()) == 0
 
 
-@pytest.mark.parametrize("shortfall", [1.0, 0.25])
-def test_the_fit_starts_from_tie_times_the_factor_whose_images_fit_best(shortfall):
-    """A start that is the phase times ``shortfall`` (TIE falls short of a strong phase) is scaled
-    by 1 / shortfall, the factor of START_SCALES whose images fit the series exactly, and one
-    that is right is left as it is."""
-    rng = np.random.default_rng(5)
-    n = 48
-    microscope = parameters.Microscope()
-    nominal = np.array([-1.6e6, 0.0, 1.6e6])
-    model = ForwardModel((n, n), PIXEL_NM, microscope, "cpu")
-    phase = 6 * smooth_field(n, 4.0, rng)
-    truth = parameters.Parameters(phase, np.ones((n, n)), nominal, microscope, 1)
-    with torch.no_grad():
-        data = model(truth, False)
-    start = parameters.Parameters(shortfall * phase, np.ones((n, n)), nominal, microscope, 1)
-    assert reconstruct.start_scale(model, start, data, False) == 1 / shortfall
-    np.testing.assert_allclose(start.phase.detach().numpy(), phase, atol=1e-5)
-
-
 def test_island_edge_is_not_left_two_pi_short():
     """The demo's second vortex disk from three noisy images (192 px): its fit from TIE slipped
     2 pi across the disk's edge (acc 0.975) before slips were undone during the fit; now acc
