@@ -1,13 +1,10 @@
 """The separate stage: its checks of a group before any joint fit, and the joint fit's length."""
 
-import dataclasses
-import json
-
 import numpy as np
 import pytest
 import xarray as xr
 
-from phasepipe import configuration, io, joint, parameters, partners
+from phasepipe import configuration, io, joint, partners, simulate
 
 
 def _store(series: str, shape=(64, 64), pixel=5.0) -> xr.Dataset:
@@ -31,38 +28,28 @@ def test_a_group_of_like_series_can_be_fitted():
     assert partners.group_problem({"a": _store("a"), "b": _store("b")}, tile_px=512) == ""
 
 
-def _write_member(tmp_path, series: str) -> tuple:
-    """A member's aligned and reconstructed stores, as those stages write what separate_group reads."""
-    nominal = np.array([-8e5, 0.0, 8e5])
-    zeros, maps = np.zeros(3), np.ones((64, 64))
-    aligned = xr.Dataset(
-        {
-            "intensity": (("image", "y", "x"), np.ones((3, 64, 64))),
-            "defocus_nominal_nm": (("image",), nominal),
-            "shift_y_px": (("image",), zeros),
-            "shift_x_px": (("image",), zeros),
-        },
-        attrs={"series": series, "microscope": json.dumps(dataclasses.asdict(parameters.Microscope()))},
+def _reconstructed_store(path, aligned: xr.Dataset) -> None:
+    """A reconstructed store of what separate_group reads, for the series of ``aligned``."""
+    nominal = aligned["defocus_nominal_nm"].values
+    maps = np.ones((aligned.sizes["y"], aligned.sizes["x"]))
+    io.write_store(
+        xr.Dataset(
+            {
+                "phase": (("y", "x"), 0 * maps),
+                "amplitude": (("y", "x"), maps),
+                "defocus_nominal_nm": (("image",), nominal),
+                "defocus_nm": (("image",), nominal),
+                "shift_y_px": (("image",), 0 * nominal),
+                "shift_x_px": (("image",), 0 * nominal),
+            },
+            attrs={"series": aligned.attrs["series"], "pixel_size_nm": 5.0, "tv_weight": 1e-2},
+        ),
+        path,
     )
-    reconstructed = xr.Dataset(
-        {
-            "phase": (("y", "x"), 0 * maps),
-            "amplitude": (("y", "x"), maps),
-            "defocus_nominal_nm": (("image",), nominal),
-            "defocus_nm": (("image",), nominal),
-            "shift_y_px": (("image",), zeros),
-            "shift_x_px": (("image",), zeros),
-        },
-        attrs={"series": series, "pixel_size_nm": 5.0, "tv_weight": 1e-2},
-    )
-    paths = tmp_path / f"aligned_{series}.zarr", tmp_path / f"reconstructed_{series}.zarr"
-    io.write_store(aligned, paths[0])
-    io.write_store(reconstructed, paths[1])
-    return paths
 
 
 @pytest.mark.parametrize(("iterations", "expected"), [(60, 60), ("auto", joint.ITERATIONS)])
-def test_a_fixed_number_of_iterations_caps_the_joint_fit(tmp_path, monkeypatch, iterations, expected):
+def test_a_fixed_number_of_iterations_caps_the_joint_fit(tmp_path, monkeypatch, aligned_store, iterations, expected):
     """``reconstruction.iterations: 60`` (a quick look) gives the joint fit of a group 60
     iterations, not its own 600; ``auto`` leaves the 600."""
     lengths = []
@@ -73,9 +60,14 @@ def test_a_fixed_number_of_iterations_caps_the_joint_fit(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(joint, "register_members", lambda members, starts: None)
     monkeypatch.setattr(joint, "separate", joint_fit)
-    aligned, reconstructed = zip(*(_write_member(tmp_path, series) for series in "ab"), strict=True)
+    aligned, reconstructed = [], []
+    for series in "ab":
+        store, _ = aligned_store(tmp_path / f"aligned_{series}.zarr", simulate.SeriesSpec(series, "vortex", size_px=64))
+        aligned.append(store)
+        reconstructed.append(tmp_path / f"reconstructed_{series}.zarr")
+        _reconstructed_store(reconstructed[-1], io.open_store(store).load())
     group = {"members": ["a", "b"], "relation": "flip", "roles": {"a": "magnetic", "b": "flip"}}
     section = configuration.shipped_defaults()["reconstruction"] | {"iterations": iterations}
-    warnings = partners.separate_group(group, list(aligned), list(reconstructed), section, tmp_path / "out")
+    warnings = partners.separate_group(group, aligned, reconstructed, section, tmp_path / "out")
     assert lengths == [expected]
     assert warnings["b"] == "separation: stopped by the test; the series are reconstructed alone"
