@@ -61,7 +61,7 @@ def main() -> None:
         write_aligned_store(store, spec)
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
         microscope = parameters.Microscope()
-        halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), spec.pixel_size_nm)
+        halo = tilegrid.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), spec.pixel_size_nm)
         grid = tilegrid.tile_grid((args.size, args.size), args.tile, halo)
         centre = np.array([args.size / 2, args.size / 2])
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))

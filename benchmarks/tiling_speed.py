@@ -99,7 +99,7 @@ def main() -> None:
         write_series(store, args.size)
         print(f"simulated {args.size} x {args.size} x {len(DEFOCUS)} in {time.perf_counter() - t0:.0f} s", flush=True)
         microscope = parameters.Microscope()
-        halo = tiling.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), 5.0)
+        halo = tilegrid.auto_halo_px(microscope, max(abs(d) for d in DEFOCUS), 5.0)
         grid = tilegrid.tile_grid((args.size, args.size), args.tile, halo)
         centre = np.array([args.size / 2, args.size / 2])
         grid.sort(key=lambda t: np.hypot(*(np.array([t.core[0], t.core[2]]) + args.tile / 2 - centre)))
@@ -132,7 +132,7 @@ def main() -> None:
             f"whole field ({len(grid)} tiles), extrapolated: 1 worker {whole[1] / 60:.1f} min, "
             f"2 workers {whole[2] / 60:.1f} min, speed-up {whole[1] / whole[2]:.2f}"
         )
-        print(f"estimated model per tile: {tiling.tile_memory_mb(canvas, len(DEFOCUS)) / 1024:.2f} GB")
+        print(f"estimated model per tile: {tilegrid.tile_memory_mb(canvas, len(DEFOCUS)) / 1024:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from phasepipe import parameters, physics
+
 ANCHOR_SIGMA_BINS = 2.0  # low-pass (Gaussian sigma, binned px) below which tiles take the binned fit's maps
 # Terms of each map's per-tile correction (constant; constant and gradient). Phase is known up to
 # a constant, and a tile's fit pins its low frequencies poorly (a gradient across a periodic
 # window is a beam tilt); log amplitude up to a constant (intensities are normalised per tile).
 TERMS = {"phase": 3, "amplitude": 1, "tie_phase": 3}
+
+
+# Peak memory of one tile's fit: interpreter, torch and the compiled kernels, with up to 64 MB of
+# freed memory kept for reuse (tiling.reuse_freed_memory), plus bytes per window pixel and image (the
+# forward model keeps a few complex maps per image for the backward pass); benchmarks/tiling_speed.py
+# measures it (docs/performance.md).
+TILE_BASE_MB = 900
+TILE_BYTES_PER_PX_IMAGE = 260
 
 
 class TilingError(ValueError):
@@ -203,3 +213,16 @@ def anchor(tile_map: np.ndarray, coarse: np.ndarray, tile: Tile, factor: int) ->
     low = ndimage.gaussian_filter(tile_map, sigma, mode="nearest")
     coarse_low = ndimage.gaussian_filter(upsample(coarse, tile.window, factor), sigma, mode="nearest")
     return tile_map - low + coarse_low
+
+
+def auto_halo_px(microscope: parameters.Microscope, max_defocus_nm: float, pixel_size_nm: float) -> int:
+    """Halo that covers the Fresnel spread of the largest defocus (:func:`physics.fresnel_spread_px`).
+    The tile's object is fitted on a canvas a further halo wider, free of data, so that the FFT's
+    wrap-around falls outside the data."""
+    theta = microscope.beam_divergence_mrad * 1e-3
+    return physics.fresnel_spread_px(microscope.voltage_kv * 1e3, theta, max_defocus_nm, pixel_size_nm)
+
+
+def tile_memory_mb(window_px: int, n_images: int) -> int:
+    """Peak memory of one tile's fit (see ``TILE_BYTES_PER_PX_IMAGE``)."""
+    return int(TILE_BASE_MB + TILE_BYTES_PER_PX_IMAGE * window_px**2 * n_images / 2**20)

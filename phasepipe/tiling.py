@@ -6,7 +6,7 @@ widened by ``halo_px`` on every side into the data window that
 data (docs/physics.md, "Tiling"). The steps, pure functions where they can be, with the side
 effects (Zarr reads and writes, records, Dask) in :func:`reconstruct_tiled` and the task functions:
 
-1. :func:`phasepipe.tilegrid.tile_grid` and :func:`auto_halo_px`: geometry and the halo the
+1. :func:`phasepipe.tilegrid.tile_grid` and :func:`phasepipe.tilegrid.auto_halo_px`: geometry and the halo the
    Fresnel spread needs.
 2. One Dask task per tile, and one for the whole field binned into one tile, reads its data
    lazily from the aligned Zarr store, reconstructs it and leaves a record (maps and parameters,
@@ -40,7 +40,6 @@ from phasepipe import (
     io,
     optimise,
     parameters,
-    physics,
     reconstruct,
     resume,
     separation,
@@ -48,13 +47,6 @@ from phasepipe import (
 )
 
 log = logging.getLogger(__name__)
-
-# Peak memory of one tile's fit: interpreter, torch and the compiled kernels, with up to 64 MB of
-# freed memory kept for reuse (reuse_freed_memory), plus bytes per window pixel and image (the
-# forward model keeps a few complex maps per image for the backward pass); benchmarks/tiling_speed.py
-# measures it (docs/performance.md).
-TILE_BASE_MB = 900
-TILE_BYTES_PER_PX_IMAGE = 260
 
 
 @dataclass(frozen=True)
@@ -85,14 +77,6 @@ def tiling_from_config(section: dict, dask_section: dict, threads: int, memory_m
         memory_mb=memory_mb,
         slurm=cluster.slurm_from_config(dask_section["slurm"]),
     )
-
-
-def auto_halo_px(microscope: parameters.Microscope, max_defocus_nm: float, pixel_size_nm: float) -> int:
-    """Halo that covers the Fresnel spread of the largest defocus (:func:`physics.fresnel_spread_px`).
-    The tile's object is fitted on a canvas a further halo wider, free of data, so that the FFT's
-    wrap-around falls outside the data."""
-    theta = microscope.beam_divergence_mrad * 1e-3
-    return physics.fresnel_spread_px(microscope.voltage_kv * 1e3, theta, max_defocus_nm, pixel_size_nm)
 
 
 def combine_parameters(summaries: list[dict]) -> dict:
@@ -285,31 +269,27 @@ def stitch_chunk(job: StitchJob, index: int) -> None:
 # --- orchestration ---------------------------------------------------------------------------
 
 
-def tile_memory_mb(window_px: int, n_images: int) -> int:
-    """Peak memory of one tile's fit (see ``TILE_BYTES_PER_PX_IMAGE``)."""
-    return int(TILE_BASE_MB + TILE_BYTES_PER_PX_IMAGE * window_px**2 * n_images / 2**20)
-
-
 def store_tiling(store: str | Path, tile_px: int, halo_px: int | None) -> tuple[int, int]:
     """Tiles of an aligned store and the memory (MB) one tile's fit needs, from its metadata
     alone: what the workflow sizes a reconstruction job's threads and memory by."""
     ds = io.open_store(store)
     if io.is_failed(ds):
-        return 1, TILE_BASE_MB
+        return 1, tilegrid.TILE_BASE_MB
     n_images = ds.sizes["image"]
     shape = (ds.sizes["y"], ds.sizes["x"])
     if max(shape) <= tile_px:
-        return 1, tile_memory_mb(max(shape), n_images)
+        return 1, tilegrid.tile_memory_mb(max(shape), n_images)
     halo = series_halo_px(ds, halo_px)
-    return len(tilegrid.tile_grid(shape, tile_px, halo)), tile_memory_mb(tile_px + 4 * halo, n_images)
+    return len(tilegrid.tile_grid(shape, tile_px, halo)), tilegrid.tile_memory_mb(tile_px + 4 * halo, n_images)
 
 
 def series_halo_px(ds: xr.Dataset, halo_px: int | None) -> int:
-    """``halo_px``, or the automatic halo of an aligned series (:func:`auto_halo_px`)."""
+    """``halo_px``, or the automatic halo of an aligned series (:func:`phasepipe.tilegrid.auto_halo_px`)."""
     if halo_px is not None:
         return halo_px
     microscope = parameters.Microscope(**json.loads(ds.attrs["microscope"]))
-    return auto_halo_px(microscope, float(np.abs(ds["defocus_nominal_nm"].values).max()), ds.attrs["pixel_size_nm"])
+    max_defocus_nm = float(np.abs(ds["defocus_nominal_nm"].values).max())
+    return tilegrid.auto_halo_px(microscope, max_defocus_nm, ds.attrs["pixel_size_nm"])
 
 
 def format_progress(done: int, total: int, computed: int, elapsed_s: float) -> str:
@@ -366,7 +346,7 @@ def reconstruct_tiled(
     halo = series_halo_px(ds, tiling.halo_px)
     tiles = tilegrid.tile_grid(shape, tiling.tile_px, halo)
     canvas_px = max(max(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in tiles) + 2 * halo
-    tile_mb = tile_memory_mb(canvas_px, nominal.size)
+    tile_mb = tilegrid.tile_memory_mb(canvas_px, nominal.size)
     if tiling.scheduler == "slurm":
         # One worker per SLURM job, up to one job per fit (the tiles and the binned field).
         workers, torch_threads = min(tiling.slurm.jobs, len(tiles) + 1), tiling.slurm.cores

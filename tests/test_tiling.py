@@ -74,7 +74,7 @@ def test_blend_weights_sum_to_one_and_vanish_in_the_outer_half_of_the_halo():
 )
 def test_auto_halo_covers_the_fresnel_spread(beam_divergence_mrad, defocus_nm, expected):
     microscope = parameters.Microscope(beam_divergence_mrad=beam_divergence_mrad)
-    assert tiling.auto_halo_px(microscope, defocus_nm, 5.0) == expected
+    assert tilegrid.auto_halo_px(microscope, defocus_nm, 5.0) == expected
 
 
 def test_tile_smaller_than_twice_the_halo_is_refused_naming_the_key():
