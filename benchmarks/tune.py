@@ -61,6 +61,10 @@ CANDIDATES = {
     # maps and drift only, without the uncertainty.
     "drift-screen": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0),
     "no-drift-screen": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, drift_screen=False),
+    # The ramp reported (gauge.py): the flattest of the total phase, or of its part that follows
+    # the absorption and of the rest apart; maps and drift only, without the uncertainty.
+    "ramp-flattest": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, ramp="flattest"),
+    "ramp-apart": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, ramp="apart"),
     "no-bootstrap": replace(BASE, bootstrap_replicates=0),
     "no-subfields": replace(BASE, subfield_uncertainty=False),
     "defaults": BASE,

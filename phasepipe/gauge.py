@@ -7,8 +7,10 @@ longer in the data, and a fit on a canvas wider than the images fits whatever ra
 registration's error leaves (docs/physics.md, "Degeneracies"). The ramp reported is therefore
 chosen: the one that leaves the map flattest, where the geometric median of its gradient is zero
 (the plane whose removal minimises the isotropic total variation), since most specimens hold
-flat regions (vacuum, support film, the inside of a domain). The drift takes up the rest, so that
-phase and drift still predict the same images.
+flat regions (vacuum, support film, the inside of a domain). Where the phase holds a part that
+follows the absorption (the thickness's electrostatic phase), that part and the rest are each
+made flattest apart (:func:`flattest_apart`): the sloped rims of one then do not tilt the other's
+choice. The drift takes up the rest, so that phase and drift still predict the same images.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ def flattest_gradient(phase: np.ndarray) -> np.ndarray:
         weights = 1 / np.maximum(np.hypot(gy - g[0], gx - g[1]), 1e-12)
         g = np.array([np.sum(weights * gy), np.sum(weights * gx)]) / weights.sum()
     return g
+
+
+def flattest_apart(phase: np.ndarray, absorption: np.ndarray, scale: float) -> np.ndarray:
+    """(g_y, g_x) rad per px to take from ``phase``: its part ``scale`` x ``absorption`` (-ln a,
+    :func:`phasepipe.separation.absorption_scale`) and the rest each made flattest.
+
+    The absorption's own flattest ramp is what its part keeps, so that an illumination brighter
+    on one side (a plane in -ln a, which no series tells from the specimen's) changes nothing;
+    with ``scale`` 0 this is :func:`flattest_gradient` of the phase."""
+    electrostatic = scale * without_ramp(absorption, flattest_gradient(absorption))
+    return flattest_gradient(phase - electrostatic)
 
 
 def best_plane(a: np.ndarray) -> np.ndarray:

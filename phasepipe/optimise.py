@@ -53,6 +53,7 @@ class Settings:
     bootstrap_replicates: int = 1  # series drawn from the fit to correct the calibration's bias (0: none)
     drift_screen: bool = True  # registration's alternative drifts put to the forward model (drift_screen.py)
     separation: str = "none"  # "absorption": phi_m and phi_e of a single series (separation.py)
+    ramp: str = "apart"  # the ramp reported: "apart" (gauge.flattest_apart) or "flattest" (of the total phase)
 
     def capped(self, iterations: int) -> int:
         """The length of a fit around the series' own (drift screen, sub-fields, joint fit) whose

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from phasepipe import gauge, physics
+from phasepipe import gauge, physics, separation
 from phasepipe.align import shift_window
 from phasepipe.model import ForwardModel
 from phasepipe.optimise import FitDiverged, FitResult, Settings, defocus_levels, fit
@@ -256,10 +256,13 @@ def reconstruct(
         bootstrap = _bootstrap_correction(fitted, images, nominal, pixel_size_nm, microscope, settings, margin_px, std)
     with torch.no_grad():
         phase = params.phase.cpu().numpy()[inner]
+        amplitude = params.log_amplitude.exp().cpu().numpy()[inner]
         values = output_values(params)
-    # A canvas wider than the images can hold a ramp, which the data do not fix: the flattest is
-    # reported, and the drift takes up the rest (phasepipe/gauge.py).
-    gradient = gauge.flattest_gradient(phase) if margin_px else np.zeros(2)
+    # A canvas wider than the images can hold a ramp, which the data do not fix: one is chosen
+    # (reported_gradient), and the drift takes up the rest (phasepipe/gauge.py).
+    gradient = (
+        reported_gradient(phase, amplitude, nominal, pixel_size_nm, microscope, settings) if margin_px else np.zeros(2)
+    )
     wavelength_nm = physics.wavelength_nm(microscope.voltage_kv * 1e3)
     values["shifts_px"] = (
         values["shifts_px"]
@@ -269,7 +272,7 @@ def reconstruct(
     with torch.no_grad():
         return Reconstruction(
             phase=gauge.without_ramp(phase, gradient).astype(np.float32),
-            amplitude=params.log_amplitude.exp().cpu().numpy()[inner].astype(np.float32),
+            amplitude=amplitude.astype(np.float32),
             tie_phase=tie[inner].astype(np.float32),
             values=values,
             stds=std,
@@ -281,6 +284,26 @@ def reconstruct(
             calibration_subfields=subfields,
             calibration_bootstrap=bootstrap,
         )
+
+
+def reported_gradient(
+    phase: np.ndarray,
+    amplitude: np.ndarray,
+    nominal: np.ndarray,
+    pixel_size_nm: float,
+    microscope: Microscope,
+    settings: Settings,
+) -> np.ndarray:
+    """The ramp (g_y, g_x, rad per px) taken from a fitted ``phase`` as ``settings.ramp`` says:
+    the flattest of its part that follows the absorption and of the rest apart, the absorption
+    compared with the phase at the series' resolution as the absorption split does
+    (:func:`phasepipe.gauge.flattest_apart`), or the flattest of the total."""
+    if settings.ramp == "flattest":
+        return gauge.flattest_gradient(phase)
+    resolved = separation.series_resolution(nominal, microscope.beam_divergence_mrad, pixel_size_nm)
+    smoothing_px = separation.band_sigma_px(separation.ABSORPTION_BAND, resolved, pixel_size_nm)
+    scale, absorption = separation.absorption_scale(phase, amplitude, smoothing_px)
+    return gauge.flattest_apart(phase, absorption, scale)
 
 
 def _bootstrap_correction(

@@ -51,36 +51,49 @@ class Split(NamedTuple):
     ramp: np.ndarray  # (g_y, g_x) rad per px taken from the magnetic phase to make it flattest
 
 
-def absorption_split(
+def absorption_scale(
     phase: np.ndarray,
     amplitude: np.ndarray,
     smoothing_px: float = 0.0,
     denoising: float = ABSORPTION_DENOISING,
-) -> Split:
-    """phi_e = k (-ln a), with k minimising the total variation of phi - k (-ln a), both maps
-    low-passed by a Gaussian of sigma ``smoothing_px`` first (:data:`ABSORPTION_BAND`), and
-    phi_m = phase - phi_e with the flattest ramp (:mod:`phasepipe.gauge`).
-
-    No series measures the phase's ramp, but the amplitude has no such ambiguity: phi_e keeps the
-    ramp of k (-ln a), and phi_m's is chosen, the flattest. (The flattest total, which the fit
-    reports, is tilted by the edges of phi_e's steps wherever the field cuts an element:
-    docs/physics.md.)"""
+) -> tuple[float, np.ndarray]:
+    """(k, -ln a denoised): the k that minimises the total variation of phi - k (-ln a), both maps
+    low-passed by a Gaussian of sigma ``smoothing_px`` first (:data:`ABSORPTION_BAND`); k is 0
+    where the amplitude is uniform (no thickness to tie the phase to). The phase is made flattest
+    first, so that the ramp it holds, which no series measures (:mod:`phasepipe.gauge`), does not
+    move k."""
     from skimage.restoration import denoise_tv_chambolle, estimate_sigma
 
+    phase = gauge.without_ramp(phase, gauge.flattest_gradient(phase))
     absorption = -np.log(np.clip(amplitude, 1e-6, None))
     absorption = denoise_tv_chambolle(absorption, weight=denoising * estimate_sigma(absorption))
     low = (lambda a: ndimage.gaussian_filter(a, smoothing_px)) if smoothing_px > 0 else (lambda a: a)
     gy_p, gx_p = np.gradient(low(phase))
     gy_a, gx_a = np.gradient(low(absorption))
     if not np.any(np.hypot(gy_a, gx_a) > 0):
-        k = 0.0  # a uniform amplitude holds no thickness to tie the phase to
-    else:
-        span = np.abs(phase).max() / max(float(np.ptp(absorption)), 1e-12)
+        return 0.0, absorption
+    span = np.abs(phase).max() / max(float(np.ptp(absorption)), 1e-12)
 
-        def tv(scale: float) -> float:
-            return float(np.sum(np.hypot(gy_p - scale * gy_a, gx_p - scale * gx_a)))
+    def tv(scale: float) -> float:
+        return float(np.sum(np.hypot(gy_p - scale * gy_a, gx_p - scale * gx_a)))
 
-        k = float(optimize.minimize_scalar(tv, bounds=(-4 * span, 4 * span), method="bounded").x)
+    return float(optimize.minimize_scalar(tv, bounds=(-4 * span, 4 * span), method="bounded").x), absorption
+
+
+def absorption_split(
+    phase: np.ndarray,
+    amplitude: np.ndarray,
+    smoothing_px: float = 0.0,
+    denoising: float = ABSORPTION_DENOISING,
+) -> Split:
+    """phi_e = k (-ln a) (:func:`absorption_scale`) and phi_m = phase - phi_e with the flattest
+    ramp (:mod:`phasepipe.gauge`).
+
+    No series measures the phase's ramp, but the amplitude has no such ambiguity: phi_e keeps the
+    ramp of k (-ln a), and phi_m's is chosen, the flattest. (The fit's own choice,
+    :func:`phasepipe.gauge.flattest_apart`, gives k (-ln a) the absorption's flattest ramp
+    instead, which an illumination brighter on one side does not tilt.)"""
+    k, absorption = absorption_scale(phase, amplitude, smoothing_px, denoising)
     electrostatic = k * absorption
     magnetic = phase - electrostatic
     ramp = gauge.flattest_gradient(magnetic)

@@ -38,3 +38,39 @@ def test_the_flattest_ramp_flattens_a_tilted_background_and_keeps_the_features()
     flat = gauge.without_ramp(tilted, gradient)
     residual = flat - features
     assert np.ptp(residual) < 1e-2  # a constant is all that is left
+
+
+def _rim_and_domain(n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(magnetic phase, absorption, its scale): a magnetic slope over a third of the field, an
+    electrostatic wedge (a sloped rim, k times the absorption) over the next third, each flat
+    elsewhere, so that each part alone is flattest without a ramp but their sum slopes over two
+    thirds of the field."""
+    x = np.broadcast_to(np.arange(n, dtype=float), (n, n))
+    magnetic = 0.05 * np.minimum(x, 45)
+    absorption = 0.002 * np.clip(x - 45, 0, 45)
+    return magnetic, absorption, 25.0
+
+
+def test_the_ramp_apart_is_not_tilted_by_the_other_parts_slopes():
+    magnetic, absorption, k = _rim_and_domain()
+    n = magnetic.shape[0]
+    y, x = np.mgrid[:n, :n].astype(float)
+    ramp = np.array([0.01, -0.02])
+    phase = magnetic + k * absorption + ramp[0] * y + ramp[1] * x
+    assert np.abs(gauge.flattest_gradient(phase) - ramp).max() > 0.04  # the total's flattest: the slopes
+    np.testing.assert_allclose(gauge.flattest_apart(phase, absorption, k), ramp, atol=1e-4)
+    # Without an absorption the choice is the flattest of the total.
+    np.testing.assert_array_equal(gauge.flattest_apart(phase, absorption, 0.0), gauge.flattest_gradient(phase))
+
+
+def test_an_illumination_brighter_on_one_side_leaves_the_ramp_apart_unchanged():
+    magnetic, absorption, k = _rim_and_domain()
+    n = magnetic.shape[0]
+    y, x = np.mgrid[:n, :n].astype(float)
+    phase = magnetic + k * absorption
+    # 3 % brighter on one side: a plane in -ln a, which the fitted amplitude takes up.
+    tilted = absorption - 0.5 * np.log(1 + 0.03 * x / n)
+    chosen = gauge.flattest_apart(phase, absorption, k)
+    np.testing.assert_allclose(gauge.flattest_apart(phase, tilted - 1e-4 * y, k), chosen, atol=1e-4)
+    # Kept in the electrostatic part as it is, the tilt would tilt the phase's ramp by k times it.
+    assert np.abs(gauge.flattest_gradient(phase - k * (tilted - 1e-4 * y)) - chosen).max() > 2e-3

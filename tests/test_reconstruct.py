@@ -6,7 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from phasepipe import align, cli, corpus, fused, io, metrics, optimise, parameters, reconstruct, simulate, uncertainty
+from phasepipe import (
+    align,
+    cli,
+    corpus,
+    fused,
+    gauge,
+    io,
+    metrics,
+    optimise,
+    parameters,
+    reconstruct,
+    simulate,
+    uncertainty,
+)
 from phasepipe.model import ForwardModel, misfit_per_image
 
 FIVE = (-1.6e6, -0.8e6, 0.0, 0.8e6, 1.6e6)
@@ -385,6 +398,33 @@ def test_drift_costs_no_accuracy_after_alignment():
         acc[drift] = metrics.phase_accuracy(result.phase, truth["phase"].values, border_px=8)
     assert acc[0.0] > 0.99
     assert abs(acc[2.0] - acc[0.0]) < 0.005
+
+
+def test_the_reported_ramp_follows_the_fitted_ramp_and_sets_patterned_elements_nearer_their_truth():
+    """The ramp the fit holds (what registration left) moves the choice by itself alone, and on a
+    patterned-element field (its electrostatic rims and magnetic slopes apart) the choice leaves the
+    truth nearer itself than the flattest of the total does."""
+    case = corpus.Case("elements", 0, 128, 3, 0.8, 0.1)
+    phase, amplitude, _, _ = corpus.field(case)
+    margin = (phase.shape[0] - 128) // 2
+    window = np.s_[margin : margin + 128, margin : margin + 128]
+    phase, amplitude = phase[window], amplitude[window]
+    nominal = np.asarray(case.acquisition().defocus_nominal_nm)
+    microscope, settings = parameters.Microscope(), optimise.Settings()
+
+    def chosen(p: np.ndarray, ramp: str = "apart") -> np.ndarray:
+        return reconstruct.reported_gradient(
+            p, amplitude, nominal, corpus.PIXEL_NM, microscope, dataclasses.replace(settings, ramp=ramp)
+        )
+
+    y, x = np.indices(phase.shape, dtype=float)
+    held = np.array([0.03, -0.05])  # rad per px
+    np.testing.assert_allclose(chosen(phase + held[0] * y + held[1] * x) - chosen(phase), held, atol=1e-6)
+    acc = {
+        ramp: metrics.phase_accuracy(gauge.without_ramp(phase, chosen(phase, ramp)), phase, border_px=16)
+        for ramp in ("apart", "flattest")
+    }
+    assert acc["apart"] > acc["flattest"] + 0.001, acc
 
 
 def test_binned_is_the_block_mean_and_drops_the_remainder():
