@@ -40,7 +40,7 @@ def test_the_flattest_ramp_flattens_a_tilted_background_and_keeps_the_features()
     assert np.ptp(residual) < 1e-2  # a constant is all that is left
 
 
-def _rim_and_domain(n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rim_and_domain(n: int = 128) -> tuple[np.ndarray, np.ndarray, float]:
     """(magnetic phase, absorption, its scale): a magnetic slope over a third of the field, an
     electrostatic wedge (a sloped rim, k times the absorption) over the next third, each flat
     elsewhere, so that each part alone is flattest without a ramp but their sum slopes over two
