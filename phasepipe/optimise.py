@@ -51,6 +51,7 @@ class Settings:
     margin: str = "auto"  # the canvas beyond the images: "auto" (canvas_margin_px) or "none" (periodic)
     subfield_uncertainty: bool = True  # the calibration's std from 2 x 2 sub-fields too (uncertainty.py)
     bootstrap_replicates: int = 1  # series drawn from the fit to correct the calibration's bias (0: none)
+    prior_refit: bool = True  # with the bootstrap: a refit at half the TV weight widens the calibration's std (bias.py)
     drift_screen: bool = True  # registration's alternative drifts put to the forward model (drift_screen.py)
     separation: str = "none"  # "absorption": phi_m and phi_e of a single series (separation.py)
     ramp: str = "apart"  # the ramp reported: "apart" (gauge.flattest_apart) or "flattest" (of the total phase)

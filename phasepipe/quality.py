@@ -66,8 +66,8 @@ def fit_reasons(attrs: dict, acc_ad_vs_tie: float) -> list[str]:
 def calibration_reasons(scale: float | None, nominal_nm: np.ndarray, std_nm: np.ndarray) -> list[str]:
     """A calibration ``scale`` (the summary's ``defocus_scale``; None where it is not fitted) far
     from 1 (``CALIBRATION_MOVE``), or one whose uncertainty could not be estimated (a field too
-    small for sub-fields, a loss curvature that is not finite, or a bootstrap replicate whose fit
-    diverged)."""
+    small for sub-fields, a loss curvature that is not finite, or a refit of the bootstrap or at
+    half the TV weight that diverged)."""
     defocused = np.abs(nominal_nm) > 0
     if not defocused.any():
         return []
@@ -76,12 +76,13 @@ def calibration_reasons(scale: float | None, nominal_nm: np.ndarray, std_nm: np.
         reasons.append(
             f"calibration: the fit put the defocus at {scale:.3f} times its nominal value; a lens is off by a "
             "few percent, so check the nominal defocus, pixel size and voltage: on a weak phase near focus "
-            "the fit trades the defocus against the phase's scale, and its std does not show it"
+            "the fit trades the defocus against the phase's scale, and the prior decides it (defocus_std_nm "
+            "holds how far half the prior's weight moves it)"
         )
     if not np.all(np.isfinite(std_nm[defocused])):
         reasons.append(
             "calibration: its uncertainty could not be estimated (a field under 96 px, a loss curvature "
-            "that is not finite, or a series drawn from the fit that diverged: the log says which); "
+            "that is not finite, or a refit for the calibration's bias that diverged: the log says which); "
             "defocus_std_nm is NaN"
         )
     return reasons

@@ -22,7 +22,7 @@ import xarray as xr
 from phasepipe import gauge, physics, separation
 from phasepipe.align import shift_window
 from phasepipe.model import ForwardModel
-from phasepipe.optimise import FitDiverged, FitResult, Settings, defocus_levels, fit
+from phasepipe.optimise import FitResult, Settings, defocus_levels, fit
 from phasepipe.parameters import Microscope, Parameters, output_values, outputs
 from phasepipe.tie import tie_phase
 
@@ -68,6 +68,7 @@ class Reconstruction:
     seconds: float
     calibration_subfields: np.ndarray = field(default_factory=lambda: np.array([]))  # factors of 2 x 2 sub-fields
     calibration_bootstrap: np.ndarray = field(default_factory=lambda: np.array([]))  # factors refitted on replicates
+    calibration_half_tv: float = math.nan  # the factor refitted at half the TV weight (bias.prior_sensitivity)
 
 
 def chosen_tv_weight(noise: float, settings: Settings) -> float:
@@ -178,7 +179,7 @@ def padded(images: np.ndarray, margin_px: int) -> tuple[np.ndarray, np.ndarray |
     return np.pad(images, pad, mode="reflect"), np.pad(np.ones(images.shape[1:]), pad[1:])
 
 
-def _fit_window(
+def fit_window(
     images: np.ndarray,
     nominal: np.ndarray,
     pixel_size_nm: float,
@@ -225,14 +226,14 @@ def reconstruct(
             "defocus_spread is refined, but its envelope does not depend on defocus: a series cannot "
             "tell it from the object's own resolution, so the value is not a measurement (docs/physics.md)"
         )
-    from phasepipe import drift_screen, uncertainty  # they build on this module's model and fit
+    from phasepipe import bias, drift_screen, uncertainty  # they build on this module's model and fit
 
     screened = np.zeros((len(images), 2))
     if settings.drift_screen:
         screened = drift_screen.screened_drift(images, nominal, pixel_size_nm, microscope, settings, margin_px)
         if np.any(screened):
             images = np.stack([shift_window(image, drift) for image, drift in zip(images, screened, strict=True)])
-    fitted, tie = _fit_window(images, nominal, pixel_size_nm, microscope, settings, margin_px, progress)
+    fitted, tie = fit_window(images, nominal, pixel_size_nm, microscope, settings, margin_px, progress)
     params, result = fitted.params, fitted.result
     std = uncertainty.curvature_std(fitted.model, params, fitted.data, settings)
     subfields = np.array([])
@@ -251,9 +252,12 @@ def reconstruct(
         )
         with torch.no_grad():
             std["defocus_nm"] = np.maximum(std["defocus_nm"], relative * np.abs(params.defocus_nm().cpu().numpy()))
-    bootstrap = np.array([])
+    bootstrap, half_tv = np.array([]), math.nan
     if "defocus" in settings.refine and settings.bootstrap_replicates:
-        bootstrap = _bootstrap_correction(fitted, images, nominal, pixel_size_nm, microscope, settings, margin_px, std)
+        refits = (fitted, images, nominal, pixel_size_nm, microscope, settings, margin_px, std)
+        if settings.prior_refit:
+            half_tv = bias.prior_sensitivity(*refits)
+        bootstrap = bias.bootstrap_correction(*refits)
     with torch.no_grad():
         phase = params.phase.cpu().numpy()[inner]
         amplitude = params.log_amplitude.exp().cpu().numpy()[inner]
@@ -283,6 +287,7 @@ def reconstruct(
             seconds=result.seconds,
             calibration_subfields=subfields,
             calibration_bootstrap=bootstrap,
+            calibration_half_tv=half_tv,
         )
 
 
@@ -304,67 +309,6 @@ def reported_gradient(
     smoothing_px = separation.band_sigma_px(separation.ABSORPTION_BAND, resolved, pixel_size_nm)
     scale, absorption = separation.absorption_scale(phase, amplitude, smoothing_px)
     return gauge.flattest_apart(phase, absorption, scale)
-
-
-def _bootstrap_correction(
-    fitted: CanvasFit,
-    images: np.ndarray,
-    nominal: np.ndarray,
-    pixel_size_nm: float,
-    microscope: Microscope,
-    settings: Settings,
-    margin_px: int,
-    std: dict,
-) -> np.ndarray:
-    """Correct the fitted calibration factor c by the fit's own bias, and widen its std to hold
-    what that correction leaves: returns the replicates' factors c_k.
-
-    ``settings.bootstrap_replicates`` series are drawn from the fitted model and refitted as
-    ``images`` were (:func:`uncertainty.bootstrap_calibration`); with b = mean(c_k) / c - 1 the
-    factor becomes c / (1 + b), and the calibration's relative std sqrt(s^2 + b^2 + var(c_k) / c^2)
-    for s the one it had (``std`` is updated in place): the correction recovers part of the bias,
-    not all (docs/physics.md, "The calibration's bias"), so the bias estimated is folded into the
-    std. A replicate whose fit diverges leaves the factor as fitted and its std NaN (unknown).
-    """
-    from phasepipe import uncertainty
-
-    params = fitted.params
-    inner = np.s_[:, margin_px : margin_px + images.shape[1], margin_px : margin_px + images.shape[2]]
-    with torch.no_grad():
-        predicted = fitted.model(params, "shifts" in settings.refine).cpu().numpy()[inner].astype(np.float64)
-    quiet = replace(settings, bootstrap_replicates=0, subfield_uncertainty=False, log_every=10**9)
-
-    def refit(replicate: np.ndarray) -> float:
-        refitted, _ = _fit_window(replicate, nominal, pixel_size_nm, microscope, quiet, margin_px)
-        return math.exp(refitted.params.defocus_scale.item())
-
-    factor = math.exp(params.defocus_scale.item())
-    log.info(
-        "the calibration's bias: %d series drawn from the fit, each refitted as the data were",
-        settings.bootstrap_replicates,
-    )
-    try:
-        factors = uncertainty.bootstrap_calibration(predicted, fitted.noise, refit, settings.bootstrap_replicates)
-    except FitDiverged as exc:
-        log.warning("a series drawn from the fit diverged (%s): the calibration is as fitted, its std unknown", exc)
-        std["defocus_nm"] = np.where(std["defocus_nm"] > 0, np.nan, std["defocus_nm"])
-        return np.array([])
-    bias = factors.mean() / factor - 1
-    spread = factors.std(ddof=1) / factor if factors.size > 1 else 0.0
-    with torch.no_grad():
-        defocus = np.abs(params.defocus_nm().cpu().numpy())
-        relative = np.divide(std["defocus_nm"], defocus, out=np.zeros_like(defocus), where=defocus > 0)
-        params.defocus_scale -= math.log1p(bias)
-        std["defocus_nm"] = np.sqrt(relative**2 + bias**2 + spread**2) * np.abs(params.defocus_nm().cpu().numpy())
-    log.info(
-        "calibration %.5f; refitted on %d replicate(s) drawn from the fit: %s, bias %+.3f %%: corrected to %.5f",
-        factor,
-        factors.size,
-        np.array2string(factors, precision=5),
-        100 * bias,
-        factor / (1 + bias),
-    )
-    return factors
 
 
 def canvas_margin_px(defocus_nominal_nm: np.ndarray, pixel_size_nm: float, microscope: Microscope) -> int:
@@ -468,6 +412,7 @@ def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -
             "refined": json.dumps(list(settings.refine)),
             "calibration_subfields": json.dumps([round(float(c), 6) for c in result.calibration_subfields]),
             "calibration_bootstrap": json.dumps([round(float(c), 6) for c in result.calibration_bootstrap]),
+            "calibration_half_tv": result.calibration_half_tv,
             "final_loss": result.loss,
             "noise": result.noise,
             "tv_weight": result.tv_weight,

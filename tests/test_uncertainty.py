@@ -1,9 +1,8 @@
 """The calibration's std: what a change of view (2 x 2 sub-fields) does to it, beside the
-curvature's, which holds the object fixed; and its bias, from series drawn from the fit."""
+curvature's, which holds the object fixed; and the series drawn from the fit for its bias
+(their use: tests/test_bias.py)."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -89,47 +88,3 @@ def test_bootstrap_replicates_are_the_fitted_images_with_noise_at_the_measured_l
     assert not np.allclose(seen[0], seen[1])
     again = uncertainty.bootstrap_calibration(predicted, 0.08, lambda images: float(images.sum()), 1, seed=5)
     assert again[0] == pytest.approx(float(seen[0].sum()))
-
-
-@pytest.mark.integration
-def test_the_bootstrap_corrects_the_calibration_and_its_std_covers_what_is_left():
-    """A held-out lithographic pattern from five images at 10 % noise: the noise the object
-    absorbs pulls the fitted calibration low (2.0 %). One series drawn from the fit and refitted
-    measures that pull; the calibration divided by it is nearer the truth (0.7 %), and twice the
-    std that holds it covers the error left."""
-    case = corpus.Case("litho", 0, 192, 5, 1.6, 0.1)
-    images, truth = corpus.simulate_case(case)
-    nominal = np.asarray(case.acquisition().defocus_nominal_nm)
-    outer = nominal != 0
-    error, std = {}, {}
-    for replicates in (0, 1):
-        settings = optimise.Settings(subfield_uncertainty=False, bootstrap_replicates=replicates)
-        result = reconstruct.reconstruct(images, nominal, 5.0, parameters.Microscope(), settings)
-        error[replicates] = result.values["defocus_nm"][outer] / truth["defocus_nm"].values[outer] - 1
-        std[replicates] = result.stds["defocus_nm"][outer] / np.abs(result.values["defocus_nm"][outer])
-    assert result.calibration_bootstrap.size == 1
-    assert np.all(error[0] < -0.003)  # the pull, before the correction
-    assert np.all(np.abs(error[1]) < 0.7 * np.abs(error[0]))
-    assert np.all(np.abs(error[1]) <= 2 * std[1])
-    assert np.all(std[1] > std[0])
-
-
-def test_a_diverged_replicate_leaves_the_calibration_as_fitted_and_its_std_unknown(monkeypatch):
-    """The bootstrap cannot correct what it could not measure: the fitted defocus stands, its std
-    is NaN (which the quality check reports), and no replicate factor is kept."""
-    spec = simulate.SeriesSpec("s", "vortex", size_px=48, drift_px=0.0, n_particles=2)
-    images, _ = simulate.simulate_series(spec)
-    nominal = np.asarray(spec.defocus_nominal_nm)
-    settings = optimise.Settings(refine=("defocus",), max_iterations=30, converge=False, subfield_uncertainty=False)
-    fitted = reconstruct.reconstruct(
-        images, nominal, 5.0, parameters.Microscope(), replace(settings, bootstrap_replicates=0)
-    )
-
-    def diverge(*args, **kwargs):
-        raise optimise.FitDiverged("misfit nan at iteration 3")
-
-    monkeypatch.setattr(uncertainty, "bootstrap_calibration", diverge)
-    result = reconstruct.reconstruct(images, nominal, 5.0, parameters.Microscope(), settings)
-    np.testing.assert_allclose(result.values["defocus_nm"], fitted.values["defocus_nm"], rtol=1e-6)
-    assert np.isnan(result.stds["defocus_nm"][[0, 2]]).all() and result.stds["defocus_nm"][1] == 0
-    assert result.calibration_bootstrap.size == 0
