@@ -64,11 +64,12 @@ def prior_sensitivity(
     weight; with d = c_h / c - 1 for the fitted c, the calibration's relative std becomes
     sqrt(s^2 + d^2) (``std`` is updated in place).
 
-    Where the images pin c, the weight barely moves it (0.2 % on a sharp-edged pattern at 10 %
-    noise); where they see c phi alone (a weak or a strong smooth phase) the prior decides it and
-    half the weight moves it by percents. Half, because the weights that serve the corpus'
-    families best lie within a factor of two of the default (docs/physics.md, "Validation"). A
-    refit that diverges leaves the std NaN (unknown) and returns NaN.
+    Where the images pin c, the weight barely moves it; where they see c phi alone (a weak or a
+    strong smooth phase) the prior decides it and half the weight moves it by percents
+    (docs/physics.md, "The calibration's dependence on the prior"). A factor of two is the scale on
+    which the best weight differs between kinds of specimen; downwards, because a stronger weight
+    can leave a strong phase 2 pi short, which moves c for another reason. A refit that diverges
+    leaves the std NaN (unknown) and returns NaN.
     """
     quiet = replace(_quiet(settings), tv_weight=fitted.tv_weight / 2)
     factor = math.exp(fitted.params.defocus_scale.item())
