@@ -81,9 +81,10 @@ def prior_sensitivity(
         _unknown(std)
         return math.nan
     half = math.exp(refitted.params.defocus_scale.item())
+    move = half / factor - 1
     with torch.no_grad():
-        _fold(std, fitted.params.defocus_nm().cpu().numpy(), half / factor - 1)
-    log.info("calibration %.5f; at half the TV weight %.5f (%+.3f %%)", factor, half, 100 * (half / factor - 1))
+        _fold(std, fitted.params.defocus_nm().cpu().numpy(), move)
+    log.info("calibration %.5f; at half the TV weight %.5f (%+.3f %%)", factor, half, 100 * move)
     return half
 
 
