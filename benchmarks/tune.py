@@ -67,6 +67,9 @@ CANDIDATES = {
     "ramp-apart": replace(BASE, subfield_uncertainty=False, bootstrap_replicates=0, ramp="apart"),
     "no-bootstrap": replace(BASE, bootstrap_replicates=0),
     "no-subfields": replace(BASE, subfield_uncertainty=False),
+    # The calibration's bias corrected by one level of series drawn from the fit, or (the default)
+    # two, the second drawn from the first's fits (bias.py).
+    "bootstrap-1-level": replace(BASE, bootstrap_levels=1),
     "defaults": BASE,
 }
 

@@ -88,6 +88,13 @@ def prior_sensitivity(
     return half
 
 
+def _predicted(fitted: CanvasFit, shape: tuple[int, int], margin_px: int, settings: Settings) -> np.ndarray:
+    """The images a fitted canvas predicts over the series' window (``shape``, ``margin_px`` in)."""
+    inner = np.s_[:, margin_px : margin_px + shape[0], margin_px : margin_px + shape[1]]
+    with torch.no_grad():
+        return fitted.model(fitted.params, "shifts" in settings.refine).cpu().numpy()[inner].astype(np.float64)
+
+
 def bootstrap_correction(
     fitted: CanvasFit,
     images: np.ndarray,
@@ -97,50 +104,69 @@ def bootstrap_correction(
     settings: Settings,
     margin_px: int,
     std: dict,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Correct the fitted calibration factor c by the fit's own bias, and widen its std to hold
-    what that correction leaves: returns the replicates' factors c_k.
+    what that correction leaves: returns the replicates' factors c_k and, with a second level, the
+    ratios c'_k / c_k (empty with one).
 
     ``settings.bootstrap_replicates`` series are drawn from the fitted model and refitted as
-    ``images`` were (:func:`uncertainty.bootstrap_calibration`); with b = mean(c_k) / c - 1 the
-    factor becomes c / (1 + b), and the calibration's relative std sqrt(s^2 + b^2 + var(c_k) / c^2)
-    for s the one it had (``std`` is updated in place): the correction recovers part of the bias,
-    not all (docs/physics.md, "The calibration's bias"), so the bias estimated is folded into the
-    std. A replicate whose fit diverges leaves the factor as fitted and its std NaN (unknown).
+    ``images`` were (:func:`uncertainty.bootstrap_calibration`), b1 = mean(c_k) / c - 1 their bias.
+    The fitted object pins c better than the true one, so b1 falls short of the fit's bias
+    (docs/physics.md, "The calibration's bias"). With ``settings.bootstrap_levels`` 2 each
+    replicate's fit is drawn from and refitted once more, b2 = mean(c'_k / c_k) - 1, and the
+    correction is Hall's iterated one, C = (1 + b1)^2 / (1 + b2) (log c - 2 b1 + b2 to first
+    order); with 1, C = 1 + b1. The factor becomes c / C, and its relative std
+    sqrt(s^2 + (C - 1)^2 + var(c_k) / c^2) for s the one it had (``std`` is updated in place): the
+    correction recovers part of the bias, not all, so its size is folded into the std. A replicate
+    whose fit diverges leaves the factor as fitted and its std NaN (unknown).
     """
     params = fitted.params
-    inner = np.s_[:, margin_px : margin_px + images.shape[1], margin_px : margin_px + images.shape[2]]
-    with torch.no_grad():
-        predicted = fitted.model(params, "shifts" in settings.refine).cpu().numpy()[inner].astype(np.float64)
+    shape = images.shape[1:]
     quiet = _quiet(settings)
+    deeper: list[float] = []  # the second level's factor over its replicate's, replicate by replicate
+
+    def refit_factor(replicate: np.ndarray) -> tuple[CanvasFit, float]:
+        refitted, _ = fit_window(replicate, nominal, pixel_size_nm, microscope, quiet, margin_px)
+        return refitted, math.exp(refitted.params.defocus_scale.item())
 
     def refit(replicate: np.ndarray) -> float:
-        refitted, _ = fit_window(replicate, nominal, pixel_size_nm, microscope, quiet, margin_px)
-        return math.exp(refitted.params.defocus_scale.item())
+        refitted, factor_k = refit_factor(replicate)
+        if settings.bootstrap_levels > 1:  # its own noise: a seed apart from the first level's
+            predicted_k = _predicted(refitted, shape, margin_px, settings)
+            (second,) = uncertainty.bootstrap_calibration(
+                predicted_k, refitted.noise, lambda r: refit_factor(r)[1], 1, seed=1 + len(deeper)
+            )
+            deeper.append(second / factor_k)
+        return factor_k
 
     factor = math.exp(params.defocus_scale.item())
     log.info(
-        "the calibration's bias: %d series drawn from the fit, each refitted as the data were",
+        "the calibration's bias: %d series drawn from the fit, each refitted as the data were%s",
         settings.bootstrap_replicates,
+        ", and drawn from and refitted once more" if settings.bootstrap_levels > 1 else "",
     )
     try:
-        factors = uncertainty.bootstrap_calibration(predicted, fitted.noise, refit, settings.bootstrap_replicates)
+        factors = uncertainty.bootstrap_calibration(
+            _predicted(fitted, shape, margin_px, settings), fitted.noise, refit, settings.bootstrap_replicates
+        )
     except FitDiverged as exc:
         log.warning("a series drawn from the fit diverged (%s): the calibration is as fitted, its std unknown", exc)
         _unknown(std)
-        return np.array([])
-    bias = factors.mean() / factor - 1
+        return np.array([]), np.array([])
+    first = factors.mean() / factor
+    correction = first**2 / np.mean(deeper) if deeper else first
     spread = factors.std(ddof=1) / factor if factors.size > 1 else 0.0
     with torch.no_grad():
         fitted_nm = params.defocus_nm().cpu().numpy()
-        params.defocus_scale -= math.log1p(bias)
-        _fold(std, fitted_nm, bias, spread, corrected_nm=params.defocus_nm().cpu().numpy())
+        params.defocus_scale -= math.log(correction)
+        _fold(std, fitted_nm, correction - 1, spread, corrected_nm=params.defocus_nm().cpu().numpy())
     log.info(
-        "calibration %.5f; refitted on %d replicate(s) drawn from the fit: %s, bias %+.3f %%: corrected to %.5f",
+        "calibration %.5f; refitted on %d replicate(s) drawn from the fit: %s, bias %+.3f %%%s: corrected to %.5f",
         factor,
         factors.size,
         np.array2string(factors, precision=5),
-        100 * bias,
-        factor / (1 + bias),
+        100 * (first - 1),
+        f", at the second level {100 * (np.mean(deeper) - 1):+.3f} %" if deeper else "",
+        factor / correction,
     )
-    return factors
+    return factors, np.array(deeper)

@@ -52,6 +52,7 @@ class Settings:
     subfield_uncertainty: bool = True  # the calibration's std from 2 x 2 sub-fields too (uncertainty.py)
     bootstrap_replicates: int = 1  # series drawn from the fit to correct the calibration's bias (0: none)
     prior_refit: bool = True  # with the bootstrap: a refit at half the TV weight widens the calibration's std (bias.py)
+    bootstrap_levels: int = 2  # each replicate drawn from and refitted once more (Hall's correction, bias.py); 1: not
     drift_screen: bool = True  # registration's alternative drifts put to the forward model (drift_screen.py)
     separation: str = "none"  # "absorption": phi_m and phi_e of a single series (separation.py)
     ramp: str = "apart"  # the ramp reported: "apart" (gauge.flattest_apart) or "flattest" (of the total phase)

@@ -68,6 +68,8 @@ class Reconstruction:
     seconds: float
     calibration_subfields: np.ndarray = field(default_factory=lambda: np.array([]))  # factors of 2 x 2 sub-fields
     calibration_bootstrap: np.ndarray = field(default_factory=lambda: np.array([]))  # factors refitted on replicates
+    # with a second level: each replicate's fit drawn from and refitted once more, over its factor
+    calibration_bootstrap_second: np.ndarray = field(default_factory=lambda: np.array([]))
     calibration_half_tv: float = math.nan  # the factor refitted at half the TV weight (bias.prior_sensitivity)
 
 
@@ -252,12 +254,12 @@ def reconstruct(
         )
         with torch.no_grad():
             std["defocus_nm"] = np.maximum(std["defocus_nm"], relative * np.abs(params.defocus_nm().cpu().numpy()))
-    bootstrap, half_tv = np.array([]), math.nan
+    bootstrap, second, half_tv = np.array([]), np.array([]), math.nan
     if "defocus" in settings.refine and settings.bootstrap_replicates:
         refits = (fitted, images, nominal, pixel_size_nm, microscope, settings, margin_px, std)
         if settings.prior_refit:
             half_tv = bias.prior_sensitivity(*refits)
-        bootstrap = bias.bootstrap_correction(*refits)
+        bootstrap, second = bias.bootstrap_correction(*refits)
     with torch.no_grad():
         phase = params.phase.cpu().numpy()[inner]
         amplitude = params.log_amplitude.exp().cpu().numpy()[inner]
@@ -287,6 +289,7 @@ def reconstruct(
             seconds=result.seconds,
             calibration_subfields=subfields,
             calibration_bootstrap=bootstrap,
+            calibration_bootstrap_second=second,
             calibration_half_tv=half_tv,
         )
 
@@ -412,6 +415,9 @@ def result_dataset(ds: xr.Dataset, result: Reconstruction, settings: Settings) -
             "refined": json.dumps(list(settings.refine)),
             "calibration_subfields": json.dumps([round(float(c), 6) for c in result.calibration_subfields]),
             "calibration_bootstrap": json.dumps([round(float(c), 6) for c in result.calibration_bootstrap]),
+            "calibration_bootstrap_second": json.dumps(
+                [round(float(c), 6) for c in result.calibration_bootstrap_second]
+            ),
             "calibration_half_tv": result.calibration_half_tv,
             "final_loss": result.loss,
             "noise": result.noise,

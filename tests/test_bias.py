@@ -54,6 +54,39 @@ def test_a_diverged_refit_at_half_the_tv_weight_leaves_the_std_unknown(monkeypat
     assert np.isnan(std["defocus_nm"][[0, 2]]).all() and std["defocus_nm"][1] == 0
 
 
+def _canvas(scale: float):
+    """A stand-in for a fitted canvas with its model's images (3 x 8 x 8) and noise: what the
+    bootstrap reads of it."""
+    fitted = _fitted(scale)
+    fitted.model, fitted.noise = (lambda params, shifts: torch.ones(3, 8, 8)), 0.05
+    return fitted
+
+
+@pytest.mark.parametrize(("levels", "correction"), [(1, 0.99), (2, 0.99**2 / 0.995)])
+def test_the_bootstraps_levels_correct_the_calibration_and_widen_its_std(monkeypatch, levels, correction):
+    """A replicate drawn from the fit refits 1 % low (b1); one drawn from that replicate's fit, 0.5 %
+    low of it (b2). One level divides the factor by 1 + b1; two by Hall's (1 + b1)^2 / (1 + b2).
+    The correction's size joins the std, and the in-focus image's 0 stays 0."""
+    refits = []
+
+    def refit(*args):
+        refits.append(1.02 * 0.99 * (0.995 if refits else 1.0))
+        return _canvas(refits[-1]), None
+
+    monkeypatch.setattr(bias, "fit_window", refit)
+    fitted = _canvas(1.02)
+    std = {"defocus_nm": np.zeros(3)}
+    settings = optimise.Settings(bootstrap_levels=levels)
+    factors, second = bias.bootstrap_correction(fitted, np.ones((3, 8, 8)), None, 5.0, None, settings, 0, std)
+    np.testing.assert_allclose(factors, [1.02 * 0.99])
+    np.testing.assert_allclose(second, [0.995] if levels == 2 else [])
+    assert math.exp(fitted.params.defocus_scale.item()) == pytest.approx(1.02 / correction, rel=1e-6)
+    defocus = np.abs(fitted.params.defocus_nm().detach().numpy())
+    np.testing.assert_allclose(std["defocus_nm"][[0, 2]] / defocus[[0, 2]], 1 - correction, rtol=1e-5)
+    assert std["defocus_nm"][1] == 0
+    assert len(refits) == levels
+
+
 @pytest.mark.integration
 def test_the_bootstrap_corrects_the_calibration_and_its_std_covers_what_is_left():
     """A held-out lithographic pattern from five images at 10 % noise: the noise the object
