@@ -8,9 +8,9 @@ and the calibration"). Two refits of the series, each from the start as the data
 
 - :func:`prior_sensitivity`: the data refitted at half the TV weight. How far c moves is how far
   the prior, not the images, decides it; that move is folded into c's std.
-- :func:`bootstrap_correction`: series drawn from the fitted model with fresh noise, refitted:
-  the fit's own bias in a world whose truth is known, which c is divided by and which is folded
-  into its std.
+- :func:`bootstrap_correction`: series drawn from the fitted model with fresh noise, refitted,
+  and from each of their fits once more: the fit's own bias in worlds whose truth is known, over
+  two levels, which c is divided by and which is folded into its std.
 """
 
 from __future__ import annotations
