@@ -90,9 +90,9 @@ def test_the_bootstraps_levels_correct_the_calibration_and_widen_its_std(monkeyp
 @pytest.mark.integration
 def test_the_bootstrap_corrects_the_calibration_and_its_std_covers_what_is_left():
     """A held-out lithographic pattern from five images at 10 % noise: the noise the object
-    absorbs pulls the fitted calibration low (2.0 %). One series drawn from the fit and refitted
-    measures that pull; the calibration divided by it is nearer the truth (0.7 %), and twice the
-    std that holds it covers the error left."""
+    absorbs pulls the fitted calibration low (2.0 %). A series drawn from the fit and refitted, and
+    one drawn from that refit's fit, measure that pull (the defaults' two levels); the calibration
+    divided by it is nearer the truth, and twice the std that holds it covers the error left."""
     case = corpus.Case("litho", 0, 192, 5, 1.6, 0.1)
     images, truth = corpus.simulate_case(case)
     nominal = np.asarray(case.acquisition().defocus_nominal_nm)
