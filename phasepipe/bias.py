@@ -45,6 +45,11 @@ def _fold(std: dict, defocus_nm: np.ndarray, *relative: float, corrected_nm: np.
     std["defocus_nm"] = np.sqrt(own**2 + sum(r**2 for r in relative)) * to
 
 
+def _factor(fitted: CanvasFit) -> float:
+    """The calibration factor c of a fit (its parameter is log c)."""
+    return math.exp(fitted.params.defocus_scale.item())
+
+
 def _unknown(std: dict) -> None:
     """The defocus std unknown (NaN) wherever it was stated (in place)."""
     std["defocus_nm"] = np.where(std["defocus_nm"] > 0, np.nan, std["defocus_nm"])
@@ -72,7 +77,7 @@ def prior_sensitivity(
     leaves the std NaN (unknown) and returns NaN.
     """
     quiet = replace(_quiet(settings), tv_weight=fitted.tv_weight / 2)
-    factor = math.exp(fitted.params.defocus_scale.item())
+    factor = _factor(fitted)
     log.info("the calibration's dependence on the prior: the series refitted at half the TV weight")
     try:
         refitted, _ = fit_window(images, nominal, pixel_size_nm, microscope, quiet, margin_px)
@@ -80,7 +85,7 @@ def prior_sensitivity(
         log.warning("the refit at half the TV weight diverged (%s): the calibration's std is unknown", exc)
         _unknown(std)
         return math.nan
-    half = math.exp(refitted.params.defocus_scale.item())
+    half = _factor(refitted)
     move = half / factor - 1
     with torch.no_grad():
         _fold(std, fitted.params.defocus_nm().cpu().numpy(), move)
@@ -127,7 +132,7 @@ def bootstrap_correction(
 
     def refit_factor(replicate: np.ndarray) -> tuple[CanvasFit, float]:
         refitted, _ = fit_window(replicate, nominal, pixel_size_nm, microscope, quiet, margin_px)
-        return refitted, math.exp(refitted.params.defocus_scale.item())
+        return refitted, _factor(refitted)
 
     def refit(replicate: np.ndarray) -> float:
         refitted, factor_k = refit_factor(replicate)
@@ -139,7 +144,7 @@ def bootstrap_correction(
             deeper.append(second / factor_k)
         return factor_k
 
-    factor = math.exp(params.defocus_scale.item())
+    factor = _factor(fitted)
     log.info(
         "the calibration's bias: %d series drawn from the fit, each refitted as the data were%s",
         settings.bootstrap_replicates,
